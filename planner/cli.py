@@ -1,0 +1,245 @@
+"""Command line: ``planner <command> ...`` (also ``python -m planner``).
+
+Commands
+--------
+demo      generate the case-example phantom, write CT, labels, DICOM, meshes and a PNG
+phantom   generate a phantom from a preset or a spec JSON
+render    render a case folder (or a phantom preset) to PNG off-screen
+convert   read any supported image (DICOM folder, NIfTI, NRRD, MHA) and write another format
+info      versions, presets, label names, tissues, error and warning codes (``--json``)
+
+Exit codes: 0 success; 2 usage error; 3 a typed planner error (code printed); 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from planner.errors import ERROR_CODES, WARNING_CODES, PlannerError
+
+log = logging.getLogger("planner.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PLANNER_ERROR = 3
+
+
+def _add_imaging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("imaging")
+    g.add_argument("--modality", choices=("CT", "MR"), help="image to synthesise (default CT)")
+    g.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="voxel size: one value or three (i j k)")
+    g.add_argument("--rotation", type=float, nargs=3, metavar=("X", "Y", "Z"), help="grid rotation about LPS x y z, degrees (oblique)")
+    g.add_argument("--left-handed", action="store_true", help="write a left-handed grid")
+    g.add_argument("--noise", type=float, metavar="HU", help="CT noise SD in HU")
+    g.add_argument("--metal-storage", choices=("clip3071", "clip4095", "extended"))
+    g.add_argument("--streaks", action="store_true", help="simulate metal streak artefacts")
+    g.add_argument("--mr-weighting", choices=("T1", "T2"))
+    g.add_argument("--seed", type=int, help="override the preset's seed")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from planner.phantom.presets import get_preset
+    from planner.phantom.spec import CaseSpec
+
+    if getattr(args, "spec", None):
+        spec = CaseSpec.from_dict(json.loads(Path(args.spec).read_text()))
+    else:
+        spec = get_preset(args.preset)
+    d = spec.to_dict()
+    im = d["imaging"]
+    if args.modality:
+        im["modality"] = args.modality
+    if args.spacing:
+        s = args.spacing * 3 if len(args.spacing) == 1 else args.spacing
+        if len(s) != 3:
+            raise PlannerError("--spacing takes one value or three", code="PLN-PH-001")
+        im["spacing_mm"] = s
+    if args.rotation:
+        im["rotation_deg"] = args.rotation
+    if args.left_handed:
+        im["left_handed"] = True
+    if args.noise is not None:
+        im["noise_hu"] = args.noise
+    if args.metal_storage:
+        im["metal_storage"] = args.metal_storage
+    if args.streaks:
+        im["streaks"] = True
+    if args.mr_weighting:
+        im["mr_weighting"] = args.mr_weighting
+    if args.seed is not None:
+        d["seed"] = args.seed
+    return CaseSpec.from_dict(d)
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from planner.phantom.generate import generate, write_case
+
+    spec = _spec_from_args(args)
+    case = generate(spec)
+    manifest = write_case(
+        case, args.output, dicom=not args.no_dicom, meshes=not args.no_meshes, mesh_format=args.mesh_format
+    )
+    if args.render:
+        from planner.render import render_scene
+
+        png = Path(args.output) / f"{spec.name}.png"
+        render_scene(case.scene, png, title=f"{spec.name}: {spec.description}")
+        manifest["files"]["render"] = png.name
+    _report(args, {"output": str(args.output), "timings_s": case.timings_s, **manifest})
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.preset = "case_example"
+    args.spec = None
+    args.render = True
+    args.no_dicom = False
+    args.no_meshes = False
+    args.mesh_format = "vtp"
+    for k in ("modality", "spacing", "rotation", "noise", "metal_storage", "mr_weighting", "seed"):
+        setattr(args, k, None)
+    args.left_handed = False
+    args.streaks = False
+    return cmd_phantom(args)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from planner.render import render_scene
+
+    target = Path(args.input) if args.input else None
+    if args.preset:
+        from planner.phantom.generate import build_scene
+        from planner.phantom.presets import get_preset
+
+        scene = build_scene(get_preset(args.preset))
+        out = render_scene(scene, args.output, view=args.view, title=args.preset)
+    else:
+        if target is None or not target.exists():
+            raise PlannerError(f"render input {target} does not exist; pass a case folder or --preset", code="PLN-IN-001")
+        out = render_scene(target, args.output, view=args.view)
+    _report(args, {"png": str(out)})
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from planner.io import read_volume, write_dicom_series, write_volume
+
+    vol = read_volume(
+        args.input, series_uid=args.series, correct_tilt=args.correct_tilt, resample_spacing=args.resample_spacing
+    )
+    out = Path(args.output)
+    if args.to_dicom:
+        write_dicom_series(vol, out)
+    else:
+        write_volume(vol, out)
+    _report(args, {"output": str(out), "geometry": vol.describe(), "provenance": vol.provenance.to_dict()})
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from planner import __version__
+    from planner.labels.registry import LABEL_IDS, LEVELS, TISSUES
+    from planner.phantom.presets import PRESETS
+
+    info = {
+        "version": __version__,
+        "frame": "LPS",
+        "units": "mm",
+        "presets": {k: (f.__doc__ or "").strip().splitlines()[0] for k, f in PRESETS.items()},
+        "levels": list(LEVELS),
+        "labels": LABEL_IDS,
+        "tissues": list(TISSUES),
+        "error_codes": ERROR_CODES,
+        "warning_codes": WARNING_CODES,
+    }
+    if args.json:
+        print(json.dumps(info, indent=1, sort_keys=True))
+    else:
+        print(f"planner {info['version']} (frame LPS, mm)")
+        print("presets:")
+        for k, v in info["presets"].items():
+            print(f"  {k:28s} {v}")
+        print(f"levels: {' '.join(LEVELS)}")
+        print(f"{len(LABEL_IDS)} label names, {len(ERROR_CODES)} error codes; use --json for all")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, obj: dict) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    else:
+        for k, v in obj.items():
+            if isinstance(v, dict) and len(json.dumps(v, default=str)) > 200:
+                print(f"{k}: {len(v)} entries")
+            else:
+                print(f"{k}: {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from planner.phantom.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="planner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="case-example phantom: CT, labels, DICOM, meshes, PNG")
+    d.add_argument("-o", "--output", default="demo-output", help="output folder (default demo-output)")
+    d.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    d.set_defaults(func=cmd_demo)
+
+    ph = sub.add_parser("phantom", help="generate a phantom case")
+    src = ph.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=sorted(PRESETS), default="case_example")
+    src.add_argument("--spec", help="case specification JSON (see samples/)")
+    ph.add_argument("-o", "--output", required=True, help="output folder")
+    ph.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
+    ph.add_argument("--no-meshes", action="store_true", help="skip ground-truth meshes")
+    ph.add_argument("--mesh-format", choices=("vtp", "stl", "ply"), default="vtp")
+    ph.add_argument("--render", action="store_true", help="also render a PNG of the scene")
+    ph.add_argument("--json", action="store_true")
+    _add_imaging_args(ph)
+    ph.set_defaults(func=cmd_phantom)
+
+    r = sub.add_parser("render", help="render a case folder or preset to PNG (off-screen)")
+    r.add_argument("-i", "--input", help="case folder written by 'planner phantom'")
+    r.add_argument("--preset", choices=sorted(PRESETS))
+    r.add_argument("-o", "--output", required=True, help="PNG path")
+    r.add_argument("--view", choices=("oblique", "lateral", "ap", "posterior"), default="oblique")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_render)
+
+    c = sub.add_parser("convert", help="convert between DICOM/NIfTI/NRRD/MHA (LPS kept)")
+    c.add_argument("-i", "--input", required=True)
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
+    c.add_argument("--correct-tilt", action="store_true", help="resample a gantry-tilted series (recorded)")
+    c.add_argument("--resample-spacing", action="store_true", help="resample uneven slice spacing (recorded)")
+    c.add_argument("--to-dicom", action="store_true", help="write a DICOM CT series folder")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("info", help="versions, presets, labels, codes")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except PlannerError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return EXIT_PLANNER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
