@@ -55,6 +55,7 @@ WARNING_CODES: dict[str, str] = {
     "PLN-W-DCM-005": "instance numbers inconsistent; sorted by position",
     "PLN-W-DCM-006": "gantry tilt corrected by resampling",
     "PLN-W-DCM-007": "non-uniform spacing resampled",
+    "PLN-W-DCM-008": "gantry tilt tag set but slice positions are orthogonal; used as stored",
     "PLN-W-CT-001": "metal saturates the stored range",
     "PLN-W-NII-001": "qform and sform differ",
     "PLN-W-GEO-001": "left-handed direction matrix",

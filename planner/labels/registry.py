@@ -90,7 +90,7 @@ def level_index(level: str) -> int:
     try:
         return LEVELS.index(level)
     except ValueError:
-        raise _label_error(f"unknown spinal level {level!r}; valid levels: {', '.join(LEVELS)}")
+        raise _label_error(f"unknown spinal level {level!r}; valid levels: {', '.join(LEVELS)}") from None
 
 
 def level_label(level: str, part: str) -> str:
@@ -146,7 +146,7 @@ def label_id(name: str) -> int:
         raise _label_error(
             f"unknown structure name {name!r}; see planner.labels.registry.LABEL_IDS "
             "or 'planner info --json' for the list"
-        )
+        ) from None
 
 
 def label_name(label: int) -> str:
@@ -154,7 +154,7 @@ def label_name(label: int) -> str:
     try:
         return LABEL_NAMES[int(label)]
     except KeyError:
-        raise _label_error(f"unknown label id {label}")
+        raise _label_error(f"unknown label id {label}") from None
 
 
 def parse_label(name: str) -> dict:

@@ -258,15 +258,13 @@ class CaseSpec:
             if sc.length_mm is not None and not 20.0 <= sc.length_mm <= 70.0:
                 raise PhantomSpecError(f"screw length {sc.length_mm} mm outside 20-70 mm")
             if sc.material not in ("titanium", "cobalt_chrome"):
-                raise PhantomSpecError(f"screw material must be titanium or cobalt_chrome")
-            if sc.level == "S1" and False:
-                pass
+                raise PhantomSpecError("screw material must be titanium or cobalt_chrome")
         for lev in s.crosslinks + s.laminectomy:
             need(lev, "crosslink/laminectomy")
         for lev, side in s.facetectomy + s.rib_head_resection + s.pediclectomy:
             need(lev, "facetectomy/rib head/pediclectomy")
             _check_side(side, "resection")
-        for lev, side in s.rib_head_resection:
+        for lev, _side in s.rib_head_resection:
             if not lev.startswith("T"):
                 raise PhantomSpecError(f"rib head resection at {lev}: only thoracic levels have ribs")
         for lev, side, frac in s.vertebrectomy:
