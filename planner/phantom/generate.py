@@ -95,7 +95,9 @@ class PhantomCase:
         }
 
 
-def generate(spec: CaseSpec, scene: PhantomScene | None = None) -> PhantomCase:
+def generate(
+    spec: CaseSpec, scene: PhantomScene | None = None, *, levels: tuple[int, ...] | None = None
+) -> PhantomCase:
     """Generate the image and label map of a case.
 
     Parameters
@@ -103,6 +105,9 @@ def generate(spec: CaseSpec, scene: PhantomScene | None = None) -> PhantomCase:
     spec : CaseSpec
     scene : PhantomScene, optional
         Reuse an already built scene (same spec) to image it again.
+    levels : tuple of int, optional
+        Block sizes of the rasteriser's refinement (``(1,)`` = evaluate every voxel, the
+        brute-force baseline the benchmark compares against).
 
     Returns
     -------
@@ -119,6 +124,7 @@ def generate(spec: CaseSpec, scene: PhantomScene | None = None) -> PhantomCase:
     _check_memory(shape)
     t1 = time.perf_counter()
     rng = _rng(spec, "imaging")
+    kw = {"levels": levels} if levels else {}
     if im.modality == "CT":
         from planner.phantom.ct import ct_value, finish_ct
 
@@ -128,6 +134,7 @@ def generate(spec: CaseSpec, scene: PhantomScene | None = None) -> PhantomCase:
             A,
             {"img": ct_value},
             {"metal": ("titanium", "cobalt_chrome"), "cancellous": ("cancellous_bone",)},
+            **kw,
         )
         timings["rasterize"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -143,6 +150,7 @@ def generate(spec: CaseSpec, scene: PhantomScene | None = None) -> PhantomCase:
             A,
             {"img": lambda t, p: mr_value(t, p, im.mr_weighting)},
             {"metal": ("titanium", "cobalt_chrome")},
+            **kw,
         )
         timings["rasterize"] = time.perf_counter() - t1
         t2 = time.perf_counter()
