@@ -44,6 +44,7 @@ ERROR_CODES: dict[str, str] = {
     "PLN-PH-002": "unknown phantom preset",
     "PLN-LBL-001": "unknown label name or id",
     "PLN-OPT-001": "optional dependency missing",
+    "PLN-INS-001": "unknown instrument or invalid instrument parameter",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.

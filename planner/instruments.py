@@ -103,7 +103,9 @@ def gauge_inner_diameter_mm(gauge: int) -> float:
     try:
         return GAUGE_ID_MM[int(gauge)]
     except KeyError:
-        raise InstrumentError(f"gauge {gauge} G is not in the gauge table", details={"gauge": gauge}) from None
+        raise InstrumentError(
+            f"gauge {gauge} G is not in the gauge table", details={"gauge": gauge}
+        ) from None
 
 
 # ---- specifications ---------------------------------------------------------------------
@@ -148,9 +150,7 @@ class StraightNeedle:
         if self.od_mm is None:
             object.__setattr__(self, "od_mm", gauge_outer_diameter_mm(self.gauge))
         if self.id_mm is None:
-            object.__setattr__(
-                self, "id_mm", GAUGE_ID_MM.get(int(self.gauge), 0.78 * float(self.od_mm))
-            )
+            object.__setattr__(self, "id_mm", GAUGE_ID_MM.get(int(self.gauge), 0.78 * float(self.od_mm)))
         if self.tip_length_mm is None:
             object.__setattr__(self, "tip_length_mm", 1.5 * float(self.od_mm))
         _check_positive(self, ("usable_length_mm", "od_mm", "id_mm", "tip_length_mm"))
