@@ -160,7 +160,13 @@ def generate(
         source_files=[],
         extra={"generator": "planner.phantom", "preset": spec.name, "seed": int(spec.seed)},
     )
-    image = Volume(np.asarray(img, dtype=np.float32), A, im.modality, prov)
+    if im.modality == "CT":
+        # CT is stored as whole HU like a scanner's output; every storage mode fits int16
+        # (the extended scale stops at 30000 HU, see planner.phantom.ct.STORAGE_RANGES).
+        img = np.rint(img).astype(np.int16)
+    else:
+        img = np.asarray(img, dtype=np.float32)
+    image = Volume(img, A, im.modality, prov)
     labels = Volume(res.labels, A.copy(), "LABEL", Provenance(extra=dict(prov.extra)))
     timings["total"] = time.perf_counter() - t0
     return PhantomCase(spec, scene, image, labels, notes, timings)
