@@ -281,6 +281,14 @@ def subtract(a: SDF, *cuts: SDF) -> SDF:
             if inside_box.any():
                 sub = out[inside_box]
                 out[inside_box] = np.maximum(sub, -c(p[inside_box]))
+            far = ~inside_box
+            if far.any():
+                # Outside the cut's box its distance is at least the box distance, so
+                # max(a, -box_distance) never claims more depth inside than the truth
+                # (max(a, -c)) and keeps the sign: conservative for the block rasteriser.
+                q = p[far]
+                bd = np.linalg.norm(np.maximum(np.maximum(c.bounds[0] - q, q - c.bounds[1]), 0.0), axis=1)
+                out[far] = np.maximum(out[far], -bd)
         return out
 
     return SDF(f, a.bounds.copy())

@@ -566,7 +566,7 @@ def _fill_landmarks(frames: dict[str, VertebraFrame], level: str, g: LocalGeomet
     }
     w_i = float(g.isthmus["left"][2])
     lm["canal_centre"] = np.array([0.0, g.v_post_wall + d["canal_depth_mm"] / 2, w_i])
-    parts = _intact_parts(frames, level, g)
+    parts = intact_parts(frames, level, g)
     group = blend([parts["body"], parts["pedicle_left"], parts["pedicle_right"], parts["posterior"]])
     for side in SIDES:
         s = SIGN[side]
@@ -689,7 +689,7 @@ def _process(base: Array, J: Array, N: Array, up: Array, reg: str, sign: float) 
     return intersect(raw, cut), raw
 
 
-def _intact_parts(frames: dict[str, VertebraFrame], level: str, g: LocalGeometry | None = None) -> dict:
+def intact_parts(frames: dict[str, VertebraFrame], level: str, g: LocalGeometry | None = None) -> dict:
     """SDFs of the intact level (before surgery) plus a few construction points.
 
     Keys: ``body``, ``pedicle_left/right``, ``posterior`` (SDFs); sub-shapes
@@ -835,7 +835,7 @@ def _intact_parts(frames: dict[str, VertebraFrame], level: str, g: LocalGeometry
     return out
 
 
-def _rib(frames: dict[str, VertebraFrame], level: str, side: str, parts: dict) -> tuple[SDF, dict]:
+def rib_sdf(frames: dict[str, VertebraFrame], level: str, side: str, parts: dict) -> tuple[SDF, dict]:
     """Rib of a thoracic level: head at the costovertebral joint, neck to the transverse-process
     tip (costotransverse joint, T1-T10), then a shaft curving laterally and anteriorly."""
     fr = frames[level]
@@ -895,7 +895,7 @@ def build_bone(
     for lev in frames:
         _geo_cache(frames, lev, spec)
     sur, pat = spec.surgery, spec.pathology
-    parts = {lev: _intact_parts(frames, lev) for lev in frames}
+    parts = {lev: intact_parts(frames, lev) for lev in frames}
     cuts: dict[str, list[SDF]] = {lev: [] for lev in frames}
     rib_cuts: dict[tuple[str, str], list[SDF]] = {}
     resections: list[dict] = []
@@ -979,7 +979,7 @@ def build_bone(
         )
         if lev.startswith("T"):
             for side in SIDES:
-                rib, _ = _rib(frames, lev, side, P)
+                rib, _ = rib_sdf(frames, lev, side, P)
                 rib = subtract(rib, *rib_cuts.get((lev, side), []))
                 structures.append(
                     Structure(
@@ -1055,7 +1055,7 @@ def build_bone(
 
 def _rib_neck_end(frames: dict[str, VertebraFrame], level: str, side: str, parts: dict) -> Array:
     """A point 8 mm lateral of the rib tubercle (end of the resected head-neck segment)."""
-    _, info = _rib(frames, level, side, parts)
+    _, info = rib_sdf(frames, level, side, parts)
     t, a = info["tubercle"], info["angle"]
     return t + 8.0 * _unit(a - t)
 
