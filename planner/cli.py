@@ -114,10 +114,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     target = Path(args.input) if args.input else None
     if args.preset:
         from planner.phantom.generate import build_scene
-        from planner.phantom.presets import get_preset
+        from planner.phantom.presets import PRESETS, get_preset
 
-        scene = build_scene(get_preset(args.preset))
-        out = render_scene(scene, args.output, view=args.view, title=args.preset)
+        names = sorted(PRESETS) if args.preset == "all" else [args.preset]
+        outs = []
+        for name in names:
+            spec = get_preset(name)
+            png = Path(args.output) / f"{name}.png" if args.preset == "all" else Path(args.output)
+            outs.append(str(render_scene(build_scene(spec), png, view=args.view, title=f"{name}: {spec.description}")))
+        _report(args, {"png": outs if len(outs) > 1 else outs[0]})
+        return EXIT_OK
     else:
         if target is None or not target.exists():
             raise PlannerError(f"render input {target} does not exist; pass a case folder or --preset", code="PLN-IN-001")
@@ -207,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render a case folder or preset to PNG (off-screen)")
     r.add_argument("-i", "--input", help="case folder written by 'planner phantom'")
-    r.add_argument("--preset", choices=sorted(PRESETS))
-    r.add_argument("-o", "--output", required=True, help="PNG path")
+    r.add_argument("--preset", choices=sorted(PRESETS) + ["all"], help="render a preset's scene ('all': every preset into the -o folder)")
+    r.add_argument("-o", "--output", required=True, help="PNG path (a folder with --preset all)")
     r.add_argument("--view", choices=("oblique", "lateral", "ap", "posterior"), default="oblique")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_render)

@@ -68,8 +68,13 @@ GLOBAL_STYLES: dict[str, tuple[tuple[float, float, float], float] | None] = {
 }
 
 #: Opacity of vertebral bone and of ribs.
-BONE_OPACITY = 0.35
-RIB_OPACITY = 0.22
+BONE_OPACITY = 0.5
+RIB_OPACITY = 0.35
+
+#: Default background: a dark vertical gradient (top, bottom), as radiology viewers use,
+#: against which translucent bone and metal both read well.
+BACKGROUND = ((0.02, 0.03, 0.06), (0.22, 0.24, 0.30))
+TEXT_RGB = (0.92, 0.93, 0.96)
 
 
 def _configure_offscreen() -> str | None:
@@ -205,7 +210,7 @@ def render_scene(
     title: str | None = None,
     spacing_mm: float = 1.0,
     labels: bool = True,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    background: tuple[float, float, float] | tuple[tuple[float, float, float], tuple[float, float, float]] = BACKGROUND,
     camera_info: dict[str, Any] | None = None,
     depth_peeling: bool = False,
 ) -> Path:
@@ -228,8 +233,8 @@ def render_scene(
         Marching-cubes spacing when meshing a scene.
     labels : bool
         Draw level names beside each vertebral body.
-    background : (3,) float
-        RGB 0-1.
+    background : (3,) float or ((3,), (3,))
+        RGB 0-1, or a (top, bottom) pair for a vertical gradient (default :data:`BACKGROUND`).
     depth_peeling : bool
         Order-independent transparency by depth peeling.  Off by default: with VTK 9.7 on
         Mesa EGL/llvmpipe (headless) depth peeling dropped every translucent actor; without
@@ -254,7 +259,13 @@ def render_scene(
 
     plotter = pv.Plotter(off_screen=True, window_size=list(window_size))
     try:
-        plotter.set_background(background)
+        bg = np.asarray(background, float)
+        if bg.ndim == 2:
+            plotter.set_background(tuple(bg[1]), top=tuple(bg[0]))
+        else:
+            plotter.set_background(tuple(bg))
+        dark = float(bg.reshape(-1, 3).mean()) < 0.5
+        text_rgb = TEXT_RGB if dark else (0.1, 0.1, 0.15)
         frame_pts = []
         for name in sorted(meshes):
             mesh, info = meshes[name]
@@ -282,7 +293,7 @@ def render_scene(
                 list(centres),
                 font_size=max(10, int(window_size[1] / 55)),
                 bold=True,
-                text_color=(0.15, 0.15, 0.2),
+                text_color=text_rgb,
                 shape=None,
                 show_points=False,
                 always_visible=True,
@@ -294,8 +305,12 @@ def render_scene(
         if depth_peeling:
             plotter.enable_depth_peeling(number_of_peels=6)
         if title:
+            import textwrap
+
+            fs = max(8, int(window_size[1] / 70))
+            width = max(20, int(window_size[0] / (fs * 0.95)))
             plotter.add_text(
-                title, position="upper_left", font_size=max(8, int(window_size[1] / 70)), color="black"
+                "\n".join(textwrap.wrap(title, width)), position="upper_left", font_size=fs, color=text_rgb
             )
         with pv.VtkErrorCatcher(raise_errors=False, send_to_logging=True):
             img = plotter.screenshot(return_img=True)

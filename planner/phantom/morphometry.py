@@ -389,6 +389,10 @@ def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], limit: fl
     return np.clip(z, -limit, limit)
 
 
+#: Upper bound of canal width / body width after jitter (see :func:`patient_dims`) [U].
+MAX_CANAL_BODY_RATIO = 0.65
+
+
 def patient_dims(
     level: str, z: dict[str, float] | None = None, variation: float = 1.0, sex: str = "male"
 ) -> dict[str, float]:
@@ -425,4 +429,10 @@ def patient_dims(
             elif q in CANAL_KEYS:
                 val *= FEMALE_CANAL_SCALE
         out[q] = float(val)
+    # Independent jitter can pair a wide canal with a narrow body, which no spine has and
+    # which leaves no room for the pedicles.  Published means give canal/body width ratios
+    # of 0.57 (P91 T12: 22.2/39.2), 0.58 (P92 L1: 23.7/41.2) and 0.57 (P92 L5: 27.1/47.3);
+    # the ratio is capped at MAX_CANAL_BODY_RATIO [U: mean + a margin for spread].
+    if "canal_width_mm" in out and "body_width_mm" in out:
+        out["canal_width_mm"] = min(out["canal_width_mm"], MAX_CANAL_BODY_RATIO * out["body_width_mm"])
     return out
