@@ -48,9 +48,12 @@ HU_TABLE: dict[str, float] = {
     "air": -1000.0,
     # fat -50..-100 [S: ITK], -120..-90 [S: RS]; -100 sits in both ranges
     "fat": -100.0,
-    # generic body contents (organs, connective tissue): liver 40-60, kidney 30 [S: ITK];
-    # 40 chosen inside that span [U]
-    "soft_tissue": 40.0,
+    # generic body contents: in the phantom this is everything the model does not draw
+    # (viscera, bowel, retroperitoneal and visceral fat, fascia).  Organs read 30-60 HU
+    # [S: ITK] and fat -100 HU; the unmodelled interior is given their mixture, -20 HU [U],
+    # so that the modelled muscles (psoas, erector spinae), aorta and vena cava stand out
+    # against it as they do against the fat planes of a real CT.
+    "soft_tissue": -20.0,
     # muscle 10-40 [S: ITK] (older scanner table); modern unenhanced muscle is usually quoted
     # 40-60; 50 as the brief asks [U]
     "muscle": 50.0,
