@@ -82,13 +82,20 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     case = generate(spec)
     manifest = write_case(
-        case, args.output, dicom=not args.no_dicom, meshes=not args.no_meshes, mesh_format=args.mesh_format
+        case,
+        args.output,
+        dicom=not args.no_dicom,
+        meshes=not args.no_meshes,
+        mesh_format=args.mesh_format,
+        mesh_spacing_mm=args.mesh_spacing,
     )
     if args.render:
         from planner.render import render_scene
 
         png = Path(args.output) / f"{spec.name}.png"
-        render_scene(case.scene, png, title=f"{spec.name}: {spec.description}")
+        # render the meshes just written (no second meshing) or, without them, the scene
+        source = Path(args.output) / "meshes" if not args.no_meshes else case.scene
+        render_scene(source, png, title=f"{spec.name}: {spec.description}")
         manifest["files"]["render"] = png.name
     _report(args, {"output": str(args.output), "timings_s": case.timings_s, **manifest})
     return EXIT_OK
@@ -101,6 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.no_dicom = False
     args.no_meshes = False
     args.mesh_format = "vtp"
+    args.mesh_spacing = 0.75
     for k in ("modality", "spacing", "rotation", "noise", "metal_storage", "mr_weighting", "seed"):
         setattr(args, k, None)
     args.left_handed = False
@@ -206,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
     ph.add_argument("--no-meshes", action="store_true", help="skip ground-truth meshes")
     ph.add_argument("--mesh-format", choices=("vtp", "stl", "ply"), default="vtp")
+    ph.add_argument("--mesh-spacing", type=float, default=0.75, metavar="MM",
+                    help="marching-cubes grid of the ground-truth meshes (default 0.75 mm)")
     ph.add_argument("--render", action="store_true", help="also render a PNG of the scene")
     ph.add_argument("--json", action="store_true")
     _add_imaging_args(ph)

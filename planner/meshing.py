@@ -1111,29 +1111,32 @@ def scene_meshes(
     if implants:
         for group in ("screws", "rods", "crosslinks"):
             implant_names |= {x.name for x in getattr(scene, group, [])}
+    jobs: list[tuple[str, Any, dict[str, Any]]] = []  # (name, sdf, info) in a fixed order
     for s in scene.structures:
         if not getattr(s, "mesh", True) or s.name in implant_names:
             continue  # implants get exact primitive meshes below
         level = s.meta.get("level") if isinstance(s.meta, dict) else None
         level = level or _part_level(s.name)
         if structures:
-            m = sdf_to_mesh(s.sdf, spacing_mm, smooth_iterations=smooth_iterations)
-            if len(m.faces):
-                out[s.name] = (m, {"kind": "structure", "tissue": s.tissue, "level": level})
+            jobs.append((s.name, s.sdf, {"kind": "structure", "tissue": s.tissue, "level": level}))
         if parts and s.parts:
             for pname in sorted(s.parts):
-                clipped = intersect(s.parts[pname], s.sdf)
-                m = sdf_to_mesh(clipped, spacing_mm, smooth_iterations=smooth_iterations)
-                if len(m.faces):
-                    out[pname] = (
-                        m,
-                        {
-                            "kind": "part",
-                            "tissue": s.tissue,
-                            "group": s.name,
-                            "level": _part_level(pname) or level,
-                        },
-                    )
+                info = {"kind": "part", "tissue": s.tissue, "group": s.name, "level": _part_level(pname) or level}
+                jobs.append((pname, intersect(s.parts[pname], s.sdf), info))
+
+    def run(job: tuple[str, Any, dict[str, Any]]) -> trimesh.Trimesh:
+        return sdf_to_mesh(job[1], spacing_mm, smooth_iterations=smooth_iterations)
+
+    # numpy releases the GIL in the SDF arithmetic and marching cubes, so threads overlap;
+    # results are collected in job order, so the output does not depend on scheduling.
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as ex:
+        meshes = list(ex.map(run, jobs))
+    for (name, _sdf, info), m in zip(jobs, meshes):
+        if len(m.faces):
+            out[name] = (m, info)
     if implants:
         for sc in getattr(scene, "screws", []):
             out[sc.name] = (

@@ -204,7 +204,7 @@ def write_case(
     dicom: bool = True,
     meshes: bool = True,
     mesh_format: str = "vtp",
-    mesh_spacing_mm: float = 0.5,
+    mesh_spacing_mm: float = 0.75,
 ) -> dict[str, Any]:
     """Write a case folder and return its manifest.
 
