@@ -45,6 +45,9 @@ ERROR_CODES: dict[str, str] = {
     "PLN-LBL-001": "unknown label name or id",
     "PLN-OPT-001": "optional dependency missing",
     "PLN-INS-001": "unknown instrument or invalid instrument parameter",
+    "PLN-SOFT-001": "CT-only soft-tissue segmentation given a non-CT image",
+    "PLN-SEG-001": "no vertebra found, or the requested level is not in the image",
+    "PLN-SEG-002": "vertebral levels cannot be named (no anchor, no sacrum, no ribs)",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
@@ -62,6 +65,12 @@ WARNING_CODES: dict[str, str] = {
     "PLN-W-GEO-001": "left-handed direction matrix",
     "PLN-W-LBL-001": "label map resampled onto the image grid",
     "PLN-W-PH-001": "phantom option adjusted",
+    "PLN-W-SOFT-001": "spinal canal not found",
+    "PLN-W-SOFT-002": "spinal canal interpolated over a long gap without a bony ring",
+    "PLN-W-SOFT-003": "aorta not found",
+    "PLN-W-IMP-001": "whole-vertebra label used as the vertebral body until split",
+    "PLN-W-IMP-002": "vertebra levels unknown (one-class map, no anchor)",
+    "PLN-W-IMP-003": "external label classes without a registry counterpart left out",
 }
 
 
