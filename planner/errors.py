@@ -48,6 +48,8 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SOFT-001": "CT-only soft-tissue segmentation given a non-CT image",
     "PLN-SEG-001": "no vertebra found, or the requested level is not in the image",
     "PLN-SEG-002": "vertebral levels cannot be named (no anchor, no sacrum, no ribs)",
+    "PLN-SEG-003": "segmentation input is not a CT or MR image",
+    "PLN-SEG-004": "classical bone segmentation needs CT; MR needs imported labels",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
@@ -65,6 +67,7 @@ WARNING_CODES: dict[str, str] = {
     "PLN-W-GEO-001": "left-handed direction matrix",
     "PLN-W-LBL-001": "label map resampled onto the image grid",
     "PLN-W-PH-001": "phantom option adjusted",
+    "PLN-W-SEG-001": "hardware not fitted from MR signal voids",
     "PLN-W-SOFT-001": "spinal canal not found",
     "PLN-W-SOFT-002": "spinal canal interpolated over a long gap without a bony ring",
     "PLN-W-SOFT-003": "aorta not found",

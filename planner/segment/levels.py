@@ -1,0 +1,544 @@
+"""Per-vertebra frames, part split, level naming, heights/fractures and resections.
+
+Helpers of :func:`planner.segment.bone.segment_bone`; they work on the canonical work grid
+(axes to patient left, posterior, superior; voxel size ``sp`` mm) where vertebra ``n``
+(1-based, cranial to caudal) has id ``n`` in ``vert``.
+
+Anchor API (:func:`parse_anchor`)
+---------------------------------
+* ``"L5"`` -- the lowest vertebral body that is not a detected sacrum is L5 (``"S1"``: the
+  lowest body is S1).
+* ``"L4@z=-80"`` (or ``"L4@-80"``) -- the body whose centre is nearest LPS z = -80 mm is L4.
+* ``("L3", 1)`` -- the body with index 1 counted cranial to caudal (0-based; negative
+  indices count from the bottom as in Python) is L3.
+* ``("L3", (x, y, z))`` -- the body nearest that LPS point is L3.
+* ``{"level": "L5", "which": "lowest" | "highest" | int, "point": (x, y, z)}`` -- the same
+  as a dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from planner.errors import PlannerError
+from planner.labels.registry import LEVELS
+
+log = logging.getLogger(__name__)
+
+#: Part codes inside one vertebra (``parts = 16 * n + code``).
+PART_CODES: dict[str, int] = {
+    "body": 1,
+    "pedicle_left": 2,
+    "pedicle_right": 3,
+    "posterior": 4,
+    "rib_left": 5,
+    "rib_right": 6,
+}
+
+#: Half width (mm) of the slab around the body centre whose posterior bone gives the
+#: vertebra's posterior axis (inside the pedicles' lateral edges, which lie at ~15-25 mm). [U]
+POSTERIOR_AXIS_HALF_WIDTH_MM: float = 12.0
+
+#: Half width (mm) of the mid-sagittal strip used for the canal wall and the heights. [U]
+MIDLINE_HALF_WIDTH_MM: float = 4.0
+
+#: The body ends this far (mm) in front of the first empty 1 mm bin behind the posterior
+#: wall (the bin edge lies up to 1 mm behind the wall's last bone voxel). [U]
+BODY_WALL_INSET_MM: float = 1.0
+
+#: Heights are measured this far (mm) inside the anterior / posterior body wall. [U]
+HEIGHT_INSET_MM: float = 3.0
+
+#: Lateral bone (beyond the body's half width + 3 mm, in front of the canal's mid depth)
+#: larger than this (mm^3) on a side marks a rib (or a sacral ala on the lowest body). [U]
+RIB_MIN_MM3: float = 250.0
+
+#: Genant grades by height-loss fraction (Genant 1993: 20-25 %, 25-40 %, > 40 %).
+GENANT_LIMITS: tuple[float, float, float] = (0.20, 0.25, 0.40)
+
+#: Levels with a height loss above this are not used as references for their neighbours. [U]
+REFERENCE_MAX_LOSS: float = 0.15
+
+
+class SegmentationError(PlannerError):
+    """The image cannot be segmented as asked (no vertebra, level not in image)."""
+
+    code = "PLN-SEG-001"
+
+
+def jsonable(d: dict) -> dict:
+    """Round floats/arrays of a per-level record for ``info``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = jsonable(v)
+        elif isinstance(v, np.ndarray):
+            out[k] = [round(float(x), 3) for x in v.ravel()]
+        elif isinstance(v, (float, np.floating)):
+            out[k] = round(float(v), 3)
+        elif isinstance(v, (int, np.integer, bool, np.bool_)):
+            out[k] = v if isinstance(v, bool) else int(v)
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- frames
+def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) -> list[dict]:
+    """Centre and axes per vertebra.
+
+    Parameters
+    ----------
+    vert : (ni, nj, nk) int ndarray
+        Vertebra ids 1..n.
+    body : (ni, nj, nk) int ndarray
+        Body seed ids 1..n (thick part found by the watershed).
+    n : int
+    sp : (3,) float
+        Voxel size (mm) of the canonical work grid.
+
+    Returns
+    -------
+    list of dict
+        ``{"centre_vox": (3,), "centre_mm": (3,), "R": (3, 3)}``; ``R`` columns u (left),
+        v (posterior), w (superior) in canonical axes (= LPS for an axis-aligned CT).
+    """
+    idx = np.arange(1, n + 1)
+    seed = np.where(vert == body, body, 0)
+    cb = np.array(ndi.center_of_mass(seed > 0, seed, idx))
+    # posterior direction: centroid of the non-body bone near the midline (ribs and
+    # transverse processes are left out: they are lateral and often asymmetric)
+    cx = np.zeros(n + 1)
+    cx[1:] = cb[:, 0]
+    xs = np.arange(vert.shape[0], dtype=float)[:, None, None]
+    near = np.abs(xs - cx[vert]) * sp[0] < POSTERIOR_AXIS_HALF_WIDTH_MM
+    post = np.where((seed == 0) & near, vert, 0)
+    cv = np.array(ndi.center_of_mass(post > 0, post, idx))
+    cmm = cb * sp
+    frames = []
+    for i in range(n):
+        if n >= 2:
+            a = cmm[max(i - 1, 0)]
+            b = cmm[min(i + 1, n - 1)]
+            w = a - b  # cranial minus caudal
+        else:
+            w = np.array([0.0, 0.0, 1.0])
+        w = w / np.linalg.norm(w)
+        if w[2] < 0:
+            w = -w
+        v = (cv[i] * sp - cmm[i]) if np.all(np.isfinite(cv[i])) else np.array([0.0, 1.0, 0.0])
+        v = v - w * (v @ w)
+        if np.linalg.norm(v) < 1e-6 or v[1] < 0:
+            v = np.array([0.0, 1.0, 0.0]) - w * w[1]
+        v = v / np.linalg.norm(v)
+        u = np.cross(v, w)
+        frames.append({"centre_vox": cb[i], "centre_mm": cmm[i], "R": np.stack([u, v, w], axis=1)})
+    return frames
+
+
+# ----------------------------------------------------------------------------- parts
+def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
+    """First empty 1 mm bin of ``vals`` going from ``start`` upward (None if none before stop)."""
+    if vals.size == 0:
+        return None
+    bins = np.arange(start, start + stop + step, step)
+    h, _ = np.histogram(vals, bins)
+    empty = np.nonzero(h == 0)[0]
+    return float(bins[empty[0]]) if empty.size else None
+
+
+def split_parts(
+    vert: np.ndarray,
+    body_seed: np.ndarray,
+    frames: list[dict],
+    bone: np.ndarray,
+    hu: np.ndarray,
+    metal: np.ndarray,
+    sp: np.ndarray,
+) -> tuple[np.ndarray, list[dict]]:
+    """Split every vertebra into body, pedicles, posterior elements and ribs.
+
+    Parameters
+    ----------
+    vert, body_seed : (ni, nj, nk) int ndarrays
+        Vertebra ids and body seeds (1..n) on the work grid.
+    frames : list of dict
+        From :func:`vertebra_frames`.
+    bone, metal : (ni, nj, nk) bool ndarrays
+    hu : (ni, nj, nk) float ndarray
+    sp : (3,) float
+
+    Returns
+    -------
+    parts : (ni, nj, nk) int32 ndarray
+        ``16 * n + code`` with code from :data:`PART_CODES` (0 outside vertebrae).
+    info : list of dict
+        Per vertebra: canal wall, widths, heights, part volumes (mm^3) for findings.
+    """
+    parts = np.zeros(vert.shape, np.int32)
+    objs = ndi.find_objects(vert)
+    vox = float(np.prod(sp))
+    info: list[dict] = []
+    for n, fr in enumerate(frames, start=1):
+        rec: dict[str, Any] = {}
+        info.append(rec)
+        ob = objs[n - 1] if n - 1 < len(objs) else None
+        if ob is None:
+            continue
+        sub = vert[ob] == n
+        ijk = np.nonzero(sub)
+        pts = (np.stack(ijk, 1) + np.array([s.start for s in ob])) * sp
+        loc = (pts - fr["centre_mm"]) @ fr["R"]
+        u, v, w = loc[:, 0], loc[:, 1], loc[:, 2]
+        seed = body_seed[ob][ijk] == n
+        is_metal = metal[ob][ijk]
+        # body half height / half width from the seed
+        if seed.sum() < 10:
+            seed = np.abs(u) < 15
+        hw = float(np.percentile(np.abs(u[seed]), 98)) + 0.5
+        hh = float(np.percentile(np.abs(w[seed]), 99))
+        mid = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(w) < max(hh / 2.0, 3.0))
+        wall = _first_gap(v[mid], 0.0)
+        if wall is None:
+            wall = float(np.percentile(v[seed], 98))
+        # canal depth: next bone behind the wall at the midline
+        behind = np.sort(v[mid & (v > wall)])
+        canal_back = float(behind[0]) if behind.size else None
+        canal_depth = (canal_back - wall) if canal_back is not None else 16.0
+        canal_depth = float(np.clip(canal_depth, 8.0, 25.0))
+        body = (v <= wall - BODY_WALL_INSET_MM) & (np.abs(u) <= hw)
+        # keep the body connected to its centre (drop rib-head bits touching the corner)
+        lat = np.abs(u) > hw + 3.0
+        ant_lat = lat & (v < wall + 0.5 * canal_depth) & ~is_metal
+        ped = (v > wall) & (v <= wall + 0.5 * canal_depth) & (np.abs(u) <= hw) & ~body
+        code = np.full(u.shape, PART_CODES["posterior"], np.int32)
+        code[ant_lat & (u > 0)] = PART_CODES["rib_left"]
+        code[ant_lat & (u < 0)] = PART_CODES["rib_right"]
+        code[ped & (u > 0)] = PART_CODES["pedicle_left"]
+        code[ped & (u <= 0)] = PART_CODES["pedicle_right"]
+        code[body] = PART_CODES["body"]
+        blk = parts[ob]
+        blk[ijk] = 16 * n + code
+        parts[ob] = blk
+        # measurements
+        bu, bv, bw = u[body], v[body], w[body]
+        strip = np.abs(bu) < MIDLINE_HALF_WIDTH_MM
+        hts = {}
+        if strip.sum() > 20:
+            vmin = float(np.percentile(bv[strip], 1))
+            step = float(np.mean(sp))
+            for key, pos in (
+                ("anterior_height_mm", vmin + HEIGHT_INSET_MM),
+                ("middle_height_mm", 0.5 * (vmin + wall)),
+                ("posterior_height_mm", wall - HEIGHT_INSET_MM),
+            ):
+                sel = strip & (np.abs(bv - pos) <= 1.5)
+                if sel.sum() >= 3:
+                    hts[key] = float(bw[sel].max() - bw[sel].min() + step)
+        post_mask = code == PART_CODES["posterior"]
+        nm = ~is_metal
+        rec.update(
+            {
+                "wall_mm": wall,
+                "canal_depth_mm": canal_depth,
+                "canal_closed": canal_back is not None,
+                "half_width_mm": hw,
+                "half_height_mm": hh,
+                "heights": hts,
+                "body_mm3": float(body.sum() * vox),
+                "body_left_mm3": float((body & (u > 0)).sum() * vox),
+                "body_right_mm3": float((body & (u < 0)).sum() * vox),
+                "pedicle_left_mm3": float((ped & (u > 0) & nm).sum() * vox),
+                "pedicle_right_mm3": float((ped & (u <= 0) & nm).sum() * vox),
+                "rib_left_mm3": float((ant_lat & (u > 0)).sum() * vox),
+                "rib_right_mm3": float((ant_lat & (u < 0)).sum() * vox),
+                "max_lateral_mm": float(np.abs(u).max()),
+                # bone closing the canal behind: midline, behind the canal's front half
+                "arch_mm3": float((post_mask & nm & (np.abs(u) < 6.0) & (v > wall + 0.5 * canal_depth)).sum() * vox),
+                # articular regions: lateral posterior bone in the caudal / cranial third
+                "facet_inf_left_mm3": float((post_mask & nm & (u > 6) & (u < hw + 10) & (v > wall) & (w < -hh / 3)).sum() * vox),
+                "facet_inf_right_mm3": float((post_mask & nm & (u < -6) & (u > -hw - 10) & (v > wall) & (w < -hh / 3)).sum() * vox),
+                "facet_sup_left_mm3": float((post_mask & nm & (u > 6) & (u < hw + 10) & (v > wall) & (w > hh / 3)).sum() * vox),
+                "facet_sup_right_mm3": float((post_mask & nm & (u < -6) & (u > -hw - 10) & (v > wall) & (w > hh / 3)).sum() * vox),
+            }
+        )
+    return parts, info
+
+
+# ----------------------------------------------------------------------------- naming
+def parse_anchor(anchor: Any) -> dict[str, Any]:
+    """Normalise an anchor to ``{"level": str, "which": "lowest"|"highest"|int|None,
+    "point": (3,) or None, "z": float or None}``.
+
+    Raises
+    ------
+    SegmentationError
+        ``PLN-SEG-001`` for an unknown level name or malformed anchor.
+    """
+    out: dict[str, Any] = {"level": None, "which": None, "point": None, "z": None}
+    if isinstance(anchor, dict):
+        out.update({k: anchor.get(k) for k in ("level", "which", "point", "z")})
+    elif isinstance(anchor, str):
+        m = re.fullmatch(r"\s*([TLS]\d{1,2})\s*(?:@\s*(?:z\s*=\s*)?(-?\d+(?:\.\d*)?))?\s*", anchor, re.I)
+        if not m:
+            raise SegmentationError(f"cannot read anchor {anchor!r}; use e.g. 'L5' or 'L4@z=-80'")
+        out["level"] = m.group(1).upper()
+        out["z"] = float(m.group(2)) if m.group(2) is not None else None
+    elif isinstance(anchor, (tuple, list)) and len(anchor) == 2:
+        out["level"] = str(anchor[0]).upper()
+        if isinstance(anchor[1], (int, np.integer)):
+            out["which"] = int(anchor[1])
+        else:
+            out["point"] = np.asarray(anchor[1], float).reshape(3)
+    else:
+        raise SegmentationError(f"cannot read anchor {anchor!r}; use e.g. 'L5', 'L4@z=-80' or ('L3', 1)")
+    if out["level"] not in LEVELS:
+        raise SegmentationError(f"unknown anchor level {out['level']!r}; valid levels: {', '.join(LEVELS)}")
+    if out["which"] is None and out["point"] is None and out["z"] is None:
+        out["which"] = "lowest"
+    return out
+
+
+def _ribbed(rec: dict) -> tuple[bool, bool]:
+    return rec.get("rib_left_mm3", 0.0) > RIB_MIN_MM3, rec.get("rib_right_mm3", 0.0) > RIB_MIN_MM3
+
+
+def name_levels(
+    frames: list[dict],
+    info: list[dict],
+    centres_lps: list[np.ndarray],
+    anchor: Any,
+    sp: np.ndarray,
+) -> tuple[list[str | None], dict[str, Any]]:
+    """Name the vertebrae (cranial to caudal) by level.
+
+    Parameters
+    ----------
+    frames, info : lists from :func:`vertebra_frames` / :func:`split_parts`.
+    centres_lps : list of (3,) ndarray
+        Body centres in LPS mm.
+    anchor : see :func:`parse_anchor`, or None for anatomical naming.
+    sp : (3,) float
+
+    Returns
+    -------
+    names : list of str or None
+        One per vertebra (None for bodies outside T1-S1).
+    how : dict
+        How the naming was done (anchor, sacrum / T12 evidence).
+    """
+    n = len(frames)
+    ribs = [_ribbed(r) for r in info]
+    has_rib = [a or b for a, b in ribs]
+    # sacrum: lowest body, both sides' lateral bone and wider than any body above
+    lowest = info[-1]
+    sacrum = bool(
+        n >= 2
+        and all(ribs[-1])
+        and not has_rib[-2]
+        and lowest.get("max_lateral_mm", 0) > 1.15 * max(r.get("max_lateral_mm", 0) for r in info[:-1])
+    )
+    how: dict[str, Any] = {"sacrum_detected": sacrum, "rib_bearing": [bool(x) for x in has_rib]}
+    if anchor is not None:
+        a = parse_anchor(anchor)
+        how["anchor"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in a.items()}
+        if a["z"] is not None:
+            ref = int(np.argmin([abs(c[2] - a["z"]) for c in centres_lps]))
+        elif a["point"] is not None:
+            ref = int(np.argmin([np.linalg.norm(c - a["point"]) for c in centres_lps]))
+        elif a["which"] == "lowest":
+            ref = n - 1 if (a["level"] == "S1" or not sacrum) else n - 2
+        elif a["which"] == "highest":
+            ref = 0
+        else:
+            ref = int(a["which"])
+            if not -n <= ref < n:
+                raise SegmentationError(
+                    f"anchor index {ref} is outside the {n} vertebral bodies found",
+                    details={"n_bodies": n},
+                )
+            ref %= n
+        start = LEVELS.index(a["level"]) - ref
+        how["method"] = "anchor"
+    else:
+        t12 = None
+        # T12: the last of >= 2 rib-bearing bodies followed by >= 2 rib-free bodies (or by
+        # the image end / sacrum after one rib-free body); single flips are noise
+        top = n - 1 if sacrum else n
+        for i in range(1, top - 1):
+            below = has_rib[i + 1 : min(i + 3, top)]
+            if has_rib[i] and has_rib[i - 1] and not any(below) and (len(below) >= 2 or i + 2 >= top):
+                t12 = i
+        if sacrum:
+            start = LEVELS.index("S1") - (n - 1)
+            how["method"] = "sacrum"
+            if t12 is not None and LEVELS.index("T12") - t12 != start:
+                how["conflict"] = f"last rib-bearing body is index {t12}, sacrum count gives {LEVELS[start + t12] if 0 <= start + t12 < len(LEVELS) else '?'}"
+        elif t12 is not None:
+            start = LEVELS.index("T12") - t12
+            how["method"] = "ribs"
+        else:
+            raise PlannerError(
+                "cannot name the vertebral levels: no anchor given and neither a sacrum nor a "
+                f"last rib-bearing vertebra was found among the {n} bodies; pass anchor='L5' "
+                "(lowest body) or anchor='L3@z=<mm>'",
+                code="PLN-SEG-002",
+                details={"n_bodies": n, "rib_bearing": how["rib_bearing"]},
+            )
+    names: list[str | None] = []
+    for i in range(n):
+        k = start + i
+        names.append(LEVELS[k] if 0 <= k < len(LEVELS) else None)
+    if all(x is None for x in names):
+        raise SegmentationError("the anchor puts every body found outside T1-S1", details={"n_bodies": n})
+    how["first_index"] = int(start)
+    return names, how
+
+
+def require_level(levels: list[str], level: str) -> None:
+    """Raise ``PLN-SEG-001`` naming what was found when ``level`` is not in ``levels``."""
+    if level not in levels:
+        raise SegmentationError(
+            f"level {level} is not in the image; levels found: {', '.join(levels) or 'none'}",
+            details={"requested": level, "found": list(levels)},
+        )
+
+
+# ----------------------------------------------------------------------------- findings
+def _expected(level: str) -> dict[str, float]:
+    from planner.phantom.morphometry import level_dims
+
+    d = level_dims(level)
+    a, p = d["body_height_anterior_mm"], d["body_height_posterior_mm"]
+    return {"anterior_height_mm": a, "middle_height_mm": 0.5 * (a + p), "posterior_height_mm": p}
+
+
+def genant_grade(loss: float) -> int:
+    """Genant semi-quantitative grade 0-3 from a height-loss fraction."""
+    return int(np.searchsorted(np.array(GENANT_LIMITS), loss, side="right"))
+
+
+def fractures_from_heights(heights: dict[str, dict[str, float]], levels: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """Height loss per level against the neighbours' heights, and the fractured levels.
+
+    The reference for each of the anterior / middle / posterior heights of level L is the
+    median over up to two intact levels on each side of ``h(n) * E(L) / E(n)`` where E is
+    the expected (morphometry) height: the patient's own scale, corrected for the normal
+    change of height along the spine.  Without neighbours the reference is the level's own
+    posterior height (wedge).  Loss = 1 - min(h / reference).
+
+    Returns
+    -------
+    fractures : list of dict
+        Levels with Genant grade >= 1.
+    loss : dict[str, float]
+        Height-loss fraction per level.
+    """
+    keys = ("anterior_height_mm", "middle_height_mm", "posterior_height_mm")
+    ok = [lv for lv in levels if all(k in heights.get(lv, {}) for k in keys) and lv != "S1"]
+    exp = {lv: _expected(lv) for lv in ok}
+    loss: dict[str, float] = {}
+    excluded: set[str] = set()
+    for _ in range(2):
+        for lv in ok:
+            i = levels.index(lv)
+            nb = [levels[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(levels) and levels[j] in ok and levels[j] not in excluded]
+            h = heights[lv]
+            if nb:
+                ratios = [h[k] / np.median([heights[m][k] * exp[lv][k] / exp[m][k] for m in nb]) for k in keys]
+            else:
+                ratios = [h["anterior_height_mm"] / h["posterior_height_mm"], h["middle_height_mm"] / h["posterior_height_mm"]]
+            loss[lv] = float(max(0.0, 1.0 - min(ratios)))
+        excluded = {lv for lv, x in loss.items() if x > REFERENCE_MAX_LOSS}
+    fractures = []
+    for lv in ok:
+        g = genant_grade(loss[lv])
+        if g >= 1:
+            h = heights[lv]
+            fractures.append(
+                {
+                    "level": lv,
+                    "anterior_height_mm": round(h["anterior_height_mm"], 2),
+                    "middle_height_mm": round(h["middle_height_mm"], 2),
+                    "posterior_height_mm": round(h["posterior_height_mm"], 2),
+                    "height_loss_fraction": round(loss[lv], 3),
+                    "grade": g,
+                }
+            )
+    return fractures, {k: round(v, 3) for k, v in loss.items()}
+
+
+#: Resection calls: a measure below this fraction of the reference (other side and/or the
+#: neighbouring levels) counts as missing bone. [U]
+MISSING_FRACTION: float = 0.45
+
+
+def detect_resections(info: list[dict], names: list[str | None]) -> list[dict]:
+    """Resections by comparing each level with its neighbours and its other side.
+
+    Parameters
+    ----------
+    info : list of dict
+        Per-vertebra measurements from :func:`split_parts`.
+    names : list of str or None
+
+    Returns
+    -------
+    list of dict
+        ``{"level", "kind", "side", "confidence"}``.
+    """
+    out: list[dict] = []
+    n = len(info)
+
+    def nb_median(key: str, i: int) -> float | None:
+        vals = [info[j][key] for j in (i - 1, i + 1) if 0 <= j < n and key in info[j] and names[j] not in (None, "S1")]
+        return float(np.median(vals)) if vals else None
+
+    for i, rec in enumerate(info):
+        name = names[i]
+        if name is None or name == "S1" or "arch_mm3" not in rec:
+            continue
+        # laminectomy: no midline bone behind the canal while neighbours have it
+        ref = nb_median("arch_mm3", i)
+        if ref is not None and ref > 300 and rec["arch_mm3"] < MISSING_FRACTION * 0.5 * ref:
+            out.append({"level": name, "kind": "laminectomy", "side": "both",
+                        "confidence": round(float(1.0 - rec["arch_mm3"] / ref), 2)})
+        # facetectomy at the joint below this level: inferior process of i + superior of i+1
+        if i + 1 < n and names[i + 1] is not None and "facet_sup_left_mm3" in info[i + 1]:
+            joint = {s: rec[f"facet_inf_{s}_mm3"] + info[i + 1][f"facet_sup_{s}_mm3"] for s in ("left", "right")}
+            for s, o in (("left", "right"), ("right", "left")):
+                refs = []
+                for j in (i - 1, i + 1):
+                    if 0 <= j and j + 1 < n and "facet_inf_left_mm3" in info[j] and "facet_sup_left_mm3" in info[j + 1] and names[j + 1] != "S1":
+                        refs.append(info[j][f"facet_inf_{s}_mm3"] + info[j + 1][f"facet_sup_{s}_mm3"])
+                nref = float(np.median(refs)) if refs else None
+                low_side = joint[s] < MISSING_FRACTION * joint[o] if joint[o] > 200 else False
+                low_nb = nref is not None and nref > 200 and joint[s] < MISSING_FRACTION * nref
+                if low_nb and (low_side or joint[o] < MISSING_FRACTION * nref):
+                    out.append({"level": name, "kind": "facetectomy", "side": s,
+                                "confidence": round(float(1.0 - joint[s] / nref), 2)})
+        # vertebrectomy (partial): one half of the body much smaller than the other
+        bl, br = rec["body_left_mm3"], rec["body_right_mm3"]
+        if min(bl, br) < 0.8 * max(bl, br):
+            s = "left" if bl < br else "right"
+            out.append({"level": name, "kind": "vertebrectomy", "side": s,
+                        "confidence": round(float(1.0 - min(bl, br) / max(bl, br)), 2)})
+        # pediclectomy: pedicle volume far below the other side
+        pl, pr = rec["pedicle_left_mm3"], rec["pedicle_right_mm3"]
+        if max(pl, pr) > 150 and min(pl, pr) < 0.25 * max(pl, pr):
+            s = "left" if pl < pr else "right"
+            out.append({"level": name, "kind": "pediclectomy", "side": s,
+                        "confidence": round(float(1.0 - min(pl, pr) / max(pl, pr)), 2)})
+        # rib-head resection: thoracic, rib on one side only while neighbours have both
+        if name.startswith("T"):
+            rl, rr = _ribbed(rec)
+            nbs = [j for j in (i - 1, i + 1) if 0 <= j < n and names[j] and str(names[j]).startswith("T")]
+            if rl != rr and nbs and all(all(_ribbed(info[j])) for j in nbs):
+                s = "left" if not rl else "right"
+                out.append({"level": name, "kind": "rib_head_resection", "side": s, "confidence": 0.7})
+    return out

@@ -1,0 +1,248 @@
+"""Bone segmentation: bone mask, vertebra separation, level names, body Dice, findings.
+
+Acceptance targets of the "Segmentation" issue (item 2) that are not reached yet are kept
+as ``xfail(strict=True)`` with the measured numbers in the reason.  Run with ``-s`` to see
+the per-level table.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from planner.errors import PlannerError
+from planner.labels.registry import label_id
+from planner.segment.bone import BoneResult, segment_bone
+from planner.segment.levels import SegmentationError, genant_grade, parse_anchor, require_level
+from planner.volume import Volume, make_affine
+
+PRESETS = ["case_example", "t11_l3_laminectomy", "midthoracic_costovertebral", "osteoporotic_no_hardware"]
+
+
+@functools.cache
+def _case(name: str):
+    from planner.phantom import generate, get_preset
+
+    return generate(get_preset(name).replace_imaging(spacing_mm=(1, 1, 1)))
+
+
+def _anchor(case) -> str:
+    """Anchor on the lowest level of the phantom, by its LPS z."""
+    low = list(case.scene.vertebrae)[-1]
+    return f"{low}@z={case.scene.vertebrae[low].centre_lps[2]:.1f}"
+
+
+@functools.cache
+def _run(name: str, anchored: bool = True) -> tuple[BoneResult, float]:
+    case = _case(name)
+    t = time.perf_counter()
+    res = segment_bone(case.image, anchor=_anchor(case) if anchored else None)
+    return res, time.perf_counter() - t
+
+
+def _msd(g: np.ndarray, s: np.ndarray) -> float:
+    sg = g & ~ndi.binary_erosion(g)
+    ss = s & ~ndi.binary_erosion(s)
+    return float(0.5 * (ndi.distance_transform_edt(~sg)[ss].mean() + ndi.distance_transform_edt(~ss)[sg].mean()))
+
+
+@functools.cache
+def _scores(name: str) -> dict[str, tuple[float, float]]:
+    case = _case(name)
+    res, dt = _run(name)
+    out = {}
+    for lv in case.scene.vertebrae:
+        g = case.labels.array == label_id(f"{lv}_body")
+        s = res.labels == label_id(f"{lv}_body")
+        dice = float(2 * (g & s).sum() / (g.sum() + s.sum()))
+        out[lv] = (dice, _msd(g, s) if s.any() else float("inf"))
+    print(f"\n{name}: {dt:.1f} s, levels {res.levels}")
+    print("  level  Dice   MSD mm")
+    for lv, (d, m) in out.items():
+        print(f"  {lv:5s}  {d:.3f}  {m:.2f}")
+    return out
+
+
+# ----------------------------------------------------------------------------- API
+def test_parse_anchor_forms():
+    assert parse_anchor("L5") == {"level": "L5", "which": "lowest", "point": None, "z": None}
+    assert parse_anchor("L4@z=-80")["z"] == -80.0
+    assert parse_anchor("t12@-12.5")["level"] == "T12"
+    assert parse_anchor(("L3", 1))["which"] == 1
+    assert np.allclose(parse_anchor(("L3", (0, 1, 2)))["point"], [0, 1, 2])
+    with pytest.raises(SegmentationError):
+        parse_anchor("L9")
+    with pytest.raises(SegmentationError):
+        parse_anchor(3.5)
+
+
+def test_genant_grades():
+    assert [genant_grade(x) for x in (0.1, 0.2, 0.22, 0.3, 0.5)] == [0, 1, 1, 2, 3]
+
+
+def test_no_bone_raises_coded_error():
+    arr = np.full((40, 40, 40), 40, np.int16)  # soft tissue only
+    ct = Volume(arr, make_affine((1, 1, 1)), "CT")
+    with pytest.raises(SegmentationError) as e:
+        segment_bone(ct)
+    assert e.value.code == "PLN-SEG-001"
+
+
+def test_require_level_names_what_was_found():
+    with pytest.raises(SegmentationError, match="levels found: L2, L3"):
+        require_level(["L2", "L3"], "T6")
+
+
+# ----------------------------------------------------------------------------- phantoms
+@pytest.mark.parametrize(
+    "name",
+    [
+        "case_example",
+        "t11_l3_laminectomy",
+        pytest.param(
+            "midthoracic_costovertebral",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: 9 bodies found for 7 vertebrae (two false bodies at the top "
+                "of the kyphotic thoracic phantom), so levels T2-T10 instead of T3-T9",
+            ),
+        ),
+        "osteoporotic_no_hardware",
+    ],
+)
+def test_levels_with_anchor(name):
+    case = _case(name)
+    res, dt = _run(name)
+    assert res.levels == list(case.scene.vertebrae)
+    assert dt < 20.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            "case_example",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: rib-bearing flags unstable (T11/T12 rib volume near the "
+                "cut-off), sacrum not recognised -> PLN-SEG-002 without anchor",
+            ),
+        ),
+        "t11_l3_laminectomy",
+        "osteoporotic_no_hardware",
+    ],
+)
+def test_levels_without_anchor(name):
+    case = _case(name)
+    res, _ = _run(name, anchored=False)
+    assert res.levels == list(case.scene.vertebrae)
+
+
+def test_levels_without_anchor_thoracic_only_asks_for_anchor():
+    """T3-T9 has neither sacrum nor a rib-free vertebra below T12: levels cannot be named."""
+    with pytest.raises(PlannerError) as e:
+        _run("midthoracic_costovertebral", anchored=False)
+    assert e.value.code in ("PLN-SEG-002", "PLN-SEG-001")
+
+
+_DICE_MEASURED = {
+    "case_example": "min 0.683 (S1), T11 0.765, L1-L3 0.956-0.961; MSD up to 12 mm (S1)",
+    "t11_l3_laminectomy": "min 0.863 (T11), mean 0.918; MSD 0.54-1.93 mm",
+    "midthoracic_costovertebral": "mean 0.72 (levels shifted, see above); MSD up to 19 mm",
+    "osteoporotic_no_hardware": "min 0.683 (T11, top vertebra), L1-L3 0.917-0.939; MSD 0.54-15 mm",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="target Dice >= 0.95 and MSD <= 0.5 mm; measured " + _DICE_MEASURED[n]))
+        for n in PRESETS
+    ],
+)
+def test_body_dice_target(name):
+    sc = _scores(name)
+    assert min(d for d, _ in sc.values()) >= 0.95
+    assert max(m for _, m in sc.values()) <= 0.5
+
+
+@pytest.mark.parametrize("name", ["case_example", "t11_l3_laminectomy", "osteoporotic_no_hardware"])
+def test_body_dice_floor_mid_column(name):
+    """What is reached today: the bodies inside the column (not the image's end vertebrae)."""
+    sc = _scores(name)
+    inner = list(sc.values())[1:-1]
+    assert np.median([d for d, _ in inner]) >= 0.90
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "case_example",
+        "t11_l3_laminectomy",
+        pytest.param(
+            "midthoracic_costovertebral",
+            marks=pytest.mark.xfail(strict=True, reason="measured: levels shifted; T6 loss 0.50 vs 0.25, false fractures T2/T3/T5/T7"),
+        ),
+        "osteoporotic_no_hardware",
+    ],
+)
+def test_fracture_found_at_right_level(name):
+    case = _case(name)
+    res, _ = _run(name)
+    for f in case.scene.findings["fractures"]:
+        found = [x for x in res.fractures if x["level"] == f["level"]]
+        assert found, f"fracture at {f['level']} missed"
+        assert abs(found[0]["height_loss_fraction"] - f["height_loss"]) <= 0.10
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="measured: false fractures at the image's end vertebrae (T11 in case_example 0.71, T11 in t11_l3 0.63)"))
+        for n in ("case_example", "t11_l3_laminectomy")
+    ],
+)
+def test_no_false_fractures(name):
+    case = _case(name)
+    res, _ = _run(name)
+    assert {f["level"] for f in res.fractures} == {f["level"] for f in case.scene.findings["fractures"]}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="resection detection is a first heuristic: true calls are made (L4 left facetectomy, L1 laminectomy, T12 facetectomies, T6 laminectomy/vertebrectomy) but with false calls on intact levels"))
+        for n in PRESETS
+    ],
+)
+def test_resections_exact(name):
+    case = _case(name)
+    res, _ = _run(name)
+    got = {(r["level"], r["kind"], r["side"]) for r in res.resections}
+    want = {(r["level"], r["kind"], r["side"]) for r in case.scene.findings["resections"]}
+    assert got == want
+
+
+# ----------------------------------------------------------------------------- real CT
+@pytest.mark.shared_data
+@pytest.mark.xfail(strict=True, reason="target body Dice >= 0.85 and L2-L4; measured: 2 bodies found (L3, L4 named), Dice L2 0.0, L3 0.18, L4 0.11 on the 73x47x73 cut-out")
+def test_real_lumbar_ct(shared_data):
+    from planner.io import read_volume
+
+    root = shared_data("lumbar-ct-L2-L4")
+    ct = read_volume(root / "sub-ct_label-22_ct.nii.gz")
+    vert = read_volume(root / "sub-ct_seg-vert_label-22_msk.nii.gz").array
+    sub = read_volume(root / "sub-ct_seg-subreg_label-22_msk.nii.gz").array
+    res = segment_bone(ct, anchor="L4")
+    dices = {}
+    for lv, vid in (("L2", 21), ("L3", 22), ("L4", 23)):
+        g = (vert == vid) & np.isin(sub, [49, 50])
+        s = res.labels == label_id(f"{lv}_body")
+        dices[lv] = float(2 * (g & s).sum() / (g.sum() + s.sum()))
+    print("\nreal lumbar CT:", res.levels, {k: round(v, 3) for k, v in dices.items()})
+    assert res.levels == ["L2", "L3", "L4"]
+    assert min(dices.values()) >= 0.85
