@@ -5,6 +5,7 @@ Commands
 demo      generate the case-example phantom, write CT, labels, DICOM, meshes and a PNG
 phantom   generate a phantom from a preset or a spec JSON
 render    render a case folder (or a phantom preset) to PNG off-screen
+segment   CT/MR -> labelled vertebrae, canal, soft tissue and fitted screws/rods (JSON summary)
 convert   read any supported image (DICOM folder, NIfTI, NRRD, MHA) and write another format
 info      versions, presets, label names, tissues, error and warning codes (``--json``)
 
@@ -140,6 +141,33 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from planner.io import read_volume
+    from planner.segment.pipeline import segment, write_segmentation
+
+    vol = read_volume(
+        args.input, series_uid=args.series, correct_tilt=args.correct_tilt, resample_spacing=args.resample_spacing
+    )
+    anchor = args.anchor
+    seg = segment(vol, anchor=anchor, labels=args.labels, label_source=args.label_source, task=args.task)
+    files = write_segmentation(seg, args.output, meshes=not args.no_meshes)
+    summary = seg.summary()
+    _report(
+        args,
+        {
+            "output": str(args.output),
+            "levels": summary["levels"],
+            "screws": [f"{s['name']} d={s['diameter_mm']:.1f} L={s['length_mm']:.1f}" for s in summary["screws"]],
+            "rods": [r["name"] for r in summary["rods"]],
+            "resections": summary["resections"],
+            "fractures": summary["fractures"],
+            "timings_s": summary["source"].get("timings_s"),
+            "files": files,
+        },
+    )
+    return EXIT_OK
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from planner.io import read_volume, write_dicom_series, write_volume
 
@@ -228,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--view", choices=("oblique", "lateral", "ap", "posterior"), default="oblique")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_render)
+
+    sg = sub.add_parser("segment", help="segment a CT/MR: vertebrae by level, canal, hardware objects")
+    sg.add_argument("-i", "--input", required=True, help="DICOM folder, NIfTI, NRRD or MHA")
+    sg.add_argument("-o", "--output", required=True, help="output folder")
+    sg.add_argument("--anchor", help="level of a landmark vertebra for short fields of view, e.g. L5 (lowest lumbar)")
+    sg.add_argument("--labels", help="imported anatomy label map (TotalSegmentator or VerSe); hardware still from the image")
+    sg.add_argument("--label-source", choices=("totalsegmentator", "verse"), default="totalsegmentator")
+    sg.add_argument("--task", default="total", help="TotalSegmentator task of --labels (total, total_mr, vertebrae_body)")
+    sg.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
+    sg.add_argument("--correct-tilt", action="store_true")
+    sg.add_argument("--resample-spacing", action="store_true")
+    sg.add_argument("--no-meshes", action="store_true")
+    sg.add_argument("--json", action="store_true")
+    sg.set_defaults(func=cmd_segment)
 
     c = sub.add_parser("convert", help="convert between DICOM/NIfTI/NRRD/MHA (LPS kept)")
     c.add_argument("-i", "--input", required=True)

@@ -118,7 +118,8 @@ def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) 
     xs = np.arange(vert.shape[0], dtype=float)[:, None, None]
     near = np.abs(xs - cx[vert]) * sp[0] < POSTERIOR_AXIS_HALF_WIDTH_MM
     post = np.where((seed == 0) & near, vert, 0)
-    cv = np.array(ndi.center_of_mass(post > 0, post, idx))
+    with np.errstate(invalid="ignore", divide="ignore"):  # no posterior bone (resected): NaN, handled below
+        cv = np.array(ndi.center_of_mass(post > 0, post, idx))
     cmm = cb * sp
     frames = []
     for i in range(n):
