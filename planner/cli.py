@@ -149,7 +149,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         args.input, series_uid=args.series, correct_tilt=args.correct_tilt, resample_spacing=args.resample_spacing
     )
     anchor = args.anchor
-    seg = segment(vol, anchor=anchor, labels=args.labels, label_source=args.label_source, task=args.task)
+    seg = segment(
+        vol, anchor=anchor, labels=args.labels, label_source=args.label_source, task=args.task,
+        mr_hardware=args.mr_hardware,
+    )
     files = write_segmentation(seg, args.output, meshes=not args.no_meshes)
     summary = seg.summary()
     _report(
@@ -267,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--series", help="SeriesInstanceUID when the folder holds several")
     sg.add_argument("--correct-tilt", action="store_true")
     sg.add_argument("--resample-spacing", action="store_true")
+    sg.add_argument("--mr-hardware", action="store_true", help="on MR, fit screws/rods from signal voids (approximate)")
     sg.add_argument("--no-meshes", action="store_true")
     sg.add_argument("--json", action="store_true")
     sg.set_defaults(func=cmd_segment)

@@ -50,6 +50,7 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SEG-002": "vertebral levels cannot be named (no anchor, no sacrum, no ribs)",
     "PLN-SEG-003": "segmentation input is not a CT or MR image",
     "PLN-SEG-004": "classical bone segmentation needs CT; MR needs imported labels",
+    "PLN-SEG-005": "MR hardware: no body outline found in the image",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
@@ -67,7 +68,8 @@ WARNING_CODES: dict[str, str] = {
     "PLN-W-GEO-001": "left-handed direction matrix",
     "PLN-W-LBL-001": "label map resampled onto the image grid",
     "PLN-W-PH-001": "phantom option adjusted",
-    "PLN-W-SEG-001": "hardware not fitted from MR signal voids",
+    "PLN-W-SEG-001": "hardware fitted from MR signal voids is approximate",
+    "PLN-W-SEG-002": "no hardware taken from MR (use a CT, or opt in to void fitting)",
     "PLN-W-SOFT-001": "spinal canal not found",
     "PLN-W-SOFT-002": "spinal canal interpolated over a long gap without a bony ring",
     "PLN-W-SOFT-003": "aorta not found",

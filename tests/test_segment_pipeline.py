@@ -85,3 +85,17 @@ def test_real_dicom_with_imported_totalsegmentator_labels(shared_data, tmp_path)
     assert seg.screws == []  # no hardware in this patient
     write_segmentation(seg, tmp_path / "out", meshes=False)
     assert json.loads((tmp_path / "out" / "segmentation.json").read_text())["levels"]
+
+
+@pytest.mark.shared_data
+def test_real_mr_with_imported_total_mr_labels(shared_data):
+    from planner.io import read_volume
+
+    root = shared_data("abdomen-mr")
+    mr = read_volume(root / "mr.nii.gz", modality="MR")
+    seg = segment(mr, labels=root / "totalseg_mr_labels.nii.gz", task="total_mr", anchor="T12")
+    assert seg.source["anatomy"] == "totalsegmentator:total_mr"
+    assert seg.levels[:1] == ["T12"]
+    assert seg.screws == []  # no hardware from MR unless asked for
+    codes = {w.code for w in seg.warnings}
+    assert "PLN-W-SEG-002" in codes

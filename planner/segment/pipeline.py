@@ -42,6 +42,7 @@ def segment(
     label_source: str = "totalsegmentator",
     task: str = "total",
     soft_tissue: bool = True,
+    mr_hardware: bool = False,
 ) -> Segmentation:
     """Segment a CT (or MR, where possible) into labelled structures and implant objects.
 
@@ -60,6 +61,9 @@ def segment(
         ``"vertebrae_body"``).
     soft_tissue : bool
         Also segment canal, outline, lungs, aorta and fluid.
+    mr_hardware : bool
+        On MR, fit screws and rods from signal voids (approximate, phantom-validated only).
+        Off by default: on MR the hardware should come from a CT.
 
     Returns
     -------
@@ -92,18 +96,32 @@ def segment(
 
     t = time.perf_counter()
     if is_ct:
-        screws, rods, crosslinks, other, hw_labels, metal = segment_hardware(image)
-    else:
-        # Screws are signal voids on MR; fitting them from voids is not built yet, and a
-        # void is not proof of metal (air, cortex, flow voids look alike): say so.
-        screws, rods, crosslinks, other = [], [], [], []
-        hw_labels = np.zeros(image.shape, dtype=np.uint16)
-        metal = {"modality": "MR", "fitted": False}
+        hardware_fn = segment_hardware
+    elif mr_hardware:
+        from planner.segment.mr_hardware import segment_hardware_mr as hardware_fn
+
+        # Screws are signal voids on MR, enlarged by susceptibility blooming and shifted along
+        # the readout: axes are approximate, diameters assumed, tips lower bounds.
         image.provenance.warn(
             "PLN-W-SEG-001",
-            "hardware is not fitted from MR signal voids (not available yet); the plan must take "
-            "screw and rod geometry from a CT of the same patient",
+            "hardware fitted from MR signal voids is approximate (axis within a few degrees, head "
+            "several mm, diameter assumed) and validated on phantoms only; take screw and rod "
+            "geometry from a CT when one exists",
         )
+    else:
+        hardware_fn = None
+        image.provenance.warn(
+            "PLN-W-SEG-002",
+            "no hardware taken from this MR (signal voids are not proof of metal: gas, cortex and "
+            "flow voids look alike); take screw and rod geometry from a CT, or pass "
+            "mr_hardware=True / --mr-hardware to fit voids (approximate)",
+        )
+    if hardware_fn is None:
+        screws, rods, crosslinks, other = [], [], [], []
+        hw_labels = np.zeros(image.shape, dtype=np.uint16)
+        metal = {"modality": image.modality, "fitted": False}
+    else:
+        screws, rods, crosslinks, other, hw_labels, metal = hardware_fn(image)
     timings["hardware_s"] = time.perf_counter() - t
     metal_mask = hw_labels > 0
 
@@ -128,7 +146,7 @@ def segment(
     source["hardware"] = "image"
 
     centres = body_centres(anat, image)
-    if centres and screws and is_ct:
+    if centres and screws and hardware_fn is not None:
         # Second, cheap pass with the levels known.  Only the level comes from the anatomy
         # (nearest body centre to the screw tip); the side stays the hardware step's own
         # (relative to the bony midline), which does not depend on how well each body was
@@ -140,7 +158,7 @@ def segment(
             return names[int(np.argmin(np.linalg.norm(C - np.asarray(p, float).reshape(1, 3), axis=1)))]
 
         t = time.perf_counter()
-        screws, rods, crosslinks, other, hw_labels, metal = segment_hardware(image, level_of=level_of)
+        screws, rods, crosslinks, other, hw_labels, metal = hardware_fn(image, level_of=level_of)
         timings["hardware_levels_s"] = time.perf_counter() - t
 
     soft = None
