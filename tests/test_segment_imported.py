@@ -48,8 +48,6 @@ def test_totalseg_total_on_dicom_ct(shared_data):
 
 
 @pytest.mark.shared_data
-@pytest.mark.xfail(strict=True, reason="classical canal on the 20-slice real CT is found "
-                   "on the wrong hole (cord fraction inside = 0.0 measured)")
 def test_classical_canal_contains_totalseg_cord(shared_data):
     from planner.segment.soft import segment_soft_tissue
 

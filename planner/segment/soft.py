@@ -24,6 +24,7 @@ the cord is not separated from CSF on CT and stays inside ``thecal_sac``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,22 @@ CANAL_GROW_MM = 2.5
 CANAL_GROW_HU = (-10.0, 25.0)
 #: The canal is extrapolated at most this far (mm) beyond the last enclosed slice. [U]
 CANAL_EXTRAPOLATE_MM = 20.0
+#: Canal sections of enclosed slices are opened with a disk of this radius (mm): keeps the
+#: union of 6 mm disks that fit in the bony hole, i.e. the round / oval canal (adult
+#: semi-axes ~7-12 mm), and removes the lateral recesses and foraminal wings between
+#: pedicle and body.  Where no such disk fits (small canal, stenosis) the hole is kept
+#: as is.  Tuned on the phantoms (3 / 5 / 6 / 8 mm: mean canal Dice 0.82 / 0.83 / 0.86 /
+#: 0.83). [U]
+CANAL_OPEN_MM = 6.0
+#: Canal holes with a bounding-box aspect ratio above this are not canals (canals are
+#: round to oval, at most ~2:1 in the lumbar spine). [U]
+CANAL_MAX_EXTENT = 3.0
+#: Half-width (mm) of the in-plane box around the rough canal centreline in which the canal
+#: is segmented at full resolution: the bony ring (laminae, pedicles) lies within ~30 mm
+#: of the canal centre. [U]
+CANAL_BOX_MM = 45.0
+#: Block grid (mm) for body outline, lungs, pleura, fat, fluid and the aorta search. [U]
+COARSE_MM = 2.0
 #: Unenhanced blood 30-45 HU; window for the aorta mask. A contrast-enhanced aorta
 #: (150-400 HU) is outside this window and is not found (reported). [U]
 AORTA_HU = (15.0, 80.0)
@@ -107,7 +124,11 @@ FLUID_SKIN_MARGIN_MM = 6.0
 
 
 def _gauss(a: np.ndarray, sigma_mm: float, spacing: np.ndarray) -> np.ndarray:
-    return ndi.gaussian_filter(a.astype(np.float32), sigma=sigma_mm / np.asarray(spacing))
+    """Gaussian smoothing with ``sigma_mm`` (mm) on a grid of ``spacing`` (mm), float32."""
+    a = a.astype(np.float32, copy=False)
+    if sigma_mm <= 0:
+        return a.copy()
+    return ndi.gaussian_filter(a, sigma=sigma_mm / np.asarray(spacing, float), truncate=3.0)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -119,20 +140,88 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
+#: 3-D structure connecting only within an axial slice (axis 2 = slice axis).
+_ST2 = np.zeros((3, 3, 3), bool)
+_ST2[:, :, 1] = ndi.generate_binary_structure(2, 1)
+
+
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    out = np.empty_like(mask)
-    for s in range(mask.shape[2]):
-        out[:, :, s] = ndi.binary_fill_holes(mask[:, :, s])
+    """Fill holes of every axial slice (one 3-D call with in-plane connectivity)."""
+    return ndi.binary_fill_holes(mask, structure=_ST2)
+
+
+def _factors(spacing: np.ndarray) -> np.ndarray:
+    """Integer block factors per axis giving a grid of about :data:`COARSE_MM`."""
+    return np.maximum(1, np.round(COARSE_MM / np.asarray(spacing, float))).astype(int)
+
+
+def _block(a: np.ndarray, f: np.ndarray, how: str) -> np.ndarray:
+    """Block-reduce ``a`` by factors ``f``: ``mean`` (float32) or ``any`` (bool).
+
+    The grid has ``n // f`` blocks per axis; the last ``n % f`` voxels are left out (they
+    take the last block's value in :func:`_up`).  Strided sums: one pass over ``a``.
+    """
+    f = [int(k) for k in f]
+    if all(k == 1 for k in f):
+        return a.astype(np.float32) if how == "mean" else a.astype(bool, copy=True)
+    nc = [n // k for n, k in zip(a.shape, f)]
+    n = [c * k for c, k in zip(nc, f)]
+    acc = np.zeros(nc, np.float32 if how == "mean" else bool)
+    for i in range(f[0]):
+        for j in range(f[1]):
+            for k in range(f[2]):
+                part = a[i:n[0]:f[0], j:n[1]:f[1], k:n[2]:f[2]]
+                if how == "mean":
+                    acc += part
+                else:
+                    acc |= part
+    if how == "mean":
+        acc *= np.float32(1.0 / (f[0] * f[1] * f[2]))
+    return acc
+
+
+def _up(c: np.ndarray, f: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a :func:`_block` array onto the full-resolution
+    voxels ``box`` (three slices with explicit start and stop)."""
+    out = c
+    for ax in range(3):
+        idx = np.minimum(np.arange(box[ax].start, box[ax].stop) // int(f[ax]),
+                         c.shape[ax] - 1)
+        if not (len(idx) == out.shape[ax] and (idx == np.arange(len(idx))).all()):
+            out = np.take(out, idx, axis=ax)
     return out
 
 
-def _edt2d(mask: np.ndarray, sp2: np.ndarray) -> np.ndarray:
-    """In-plane distance (mm) to the outside of ``mask`` (nu, nv, ns), per slice."""
-    out = np.zeros(mask.shape, np.float32)
-    for s in range(mask.shape[2]):
-        if mask[:, :, s].any():
-            out[:, :, s] = ndi.distance_transform_edt(
-                np.pad(mask[:, :, s], 1), sampling=sp2)[1:-1, 1:-1]
+def _erode_inplane(mask: np.ndarray, r_vox: float) -> np.ndarray:
+    """In-plane erosion by an octagon approximating a disk of ``r_vox`` voxels.
+
+    The octagon is the Minkowski sum of ``k`` 3x3 squares and ``n - k`` 4-neighbour crosses
+    (``k ~ 0.414 n``: equal axial and diagonal reach); the in-plane array border counts as
+    outside.  Numpy slice operations only: fast on full-resolution volumes.
+    """
+    n = int(np.floor(r_vox + 1e-6))
+    out = mask.copy()
+    if n <= 0:
+        return out
+    out[0] = out[-1] = False
+    out[:, 0] = out[:, -1] = False
+    k = int(round(0.414 * n))
+    steps = ["sq" if (i * k) // n != ((i + 1) * k) // n else "cr" for i in range(n)]
+    for st in steps:
+        src = out
+        if st == "cr":
+            out = src.copy()
+            out[1:] &= src[:-1]
+            out[:-1] &= src[1:]
+            out[:, 1:] &= src[:, :-1]
+            out[:, :-1] &= src[:, 1:]
+        else:
+            t = src.copy()
+            t[1:] &= src[:-1]
+            t[:-1] &= src[1:]
+            out = t.copy()
+            out[:, 1:] &= t[:, :-1]
+            out[:, :-1] &= t[:, 1:]
     return out
 
 
@@ -140,6 +229,11 @@ def _disk(r_vox: np.ndarray) -> np.ndarray:
     ru, rv = (max(1, int(np.ceil(x))) for x in r_vox)
     u, v = np.mgrid[-ru:ru + 1, -rv:rv + 1]
     return (u / max(r_vox[0], 1e-6)) ** 2 + (v / max(r_vox[1], 1e-6)) ** 2 <= 1.0
+
+
+def _disk3(r_vox: np.ndarray) -> np.ndarray:
+    """:func:`_disk` as a 3-D in-plane structure (one slice thick)."""
+    return _disk(r_vox)[:, :, None]
 
 
 class _Frame:
@@ -173,14 +267,30 @@ class _Frame:
     def lps(self, uvs: np.ndarray) -> np.ndarray:
         return np.atleast_2d(np.asarray(uvs, float)) @ self.M.T + self.o
 
-    def plane_xy(self, s: float) -> tuple[np.ndarray, np.ndarray]:
-        """LPS x and y (mm) of the in-plane grid of slice ``s``, each (nu, nv)."""
+    def plane_xy(self, s: float, box: tuple[slice, slice] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """LPS x and y (mm) of the in-plane grid of slice ``s`` (optionally a sub-box)."""
         nu, nv = self.shape[:2]
-        u = np.arange(nu, dtype=float)[:, None]
-        v = np.arange(nv, dtype=float)[None, :]
+        bu, bv = box if box is not None else (slice(0, nu), slice(0, nv))
+        u = np.arange(bu.start, bu.stop, dtype=float)[:, None]
+        v = np.arange(bv.start, bv.stop, dtype=float)[None, :]
         x = self.M[0, 0] * u + self.M[0, 1] * v + self.M[0, 2] * s + self.o[0]
         y = self.M[1, 0] * u + self.M[1, 1] * v + self.M[1, 2] * s + self.o[1]
         return x, y
+
+    def grid_xy(self, f: np.ndarray, cshape: tuple[int, ...], coef: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """In-plane LPS offsets (mm) of the centres of a block grid (factors ``f``, shape
+        ``cshape``) from a centreline ``coef``: (x - cx(s), y - cy(s)), each ``cshape``."""
+        u = (np.arange(cshape[0]) * f[0] + (f[0] - 1) / 2.0)[:, None, None]
+        v = (np.arange(cshape[1]) * f[1] + (f[1] - 1) / 2.0)[None, :, None]
+        s = np.arange(cshape[2]) * f[2] + (f[2] - 1) / 2.0
+        c = _eval_track(coef, s * self.spacing[2])
+        out = []
+        for a in (0, 1):
+            off = (self.M[a, 2] * s + self.o[a] - c[:, a])[None, None, :]
+            out.append((self.M[a, 0] * u + self.M[a, 1] * v + off).astype(np.float32))
+        return out[0], out[1]
 
 
 def _check_ct(ct: Volume) -> None:
@@ -189,8 +299,9 @@ def _check_ct(ct: Volume) -> None:
             f"soft-tissue segmentation needs CT in Hounsfield units, got modality "
             f"{ct.modality!r}; for MR import labels (planner.segment.imported.import_labels)",
             code="PLN-SOFT-001", details={"modality": ct.modality})
-    a = ct.array
-    lo, hi = float(np.percentile(a, 1)), float(np.percentile(a, 99.5))
+    a = np.asarray(ct.array)
+    sub = a[tuple(slice(None, None, max(1, n // 96)) for n in a.shape)]  # ~1e6 samples
+    lo, hi = float(np.percentile(sub, 1)), float(np.percentile(sub, 99.5))
     if lo > -500 or hi < 0:
         raise InputError(
             f"image values ({lo:.0f}..{hi:.0f}) do not look like Hounsfield units (air "
@@ -201,9 +312,10 @@ def _check_ct(ct: Volume) -> None:
 def _bone_mask(ct_p: np.ndarray, bone_p: np.ndarray | None, metal_p: np.ndarray | None
                ) -> tuple[np.ndarray, np.ndarray]:
     if bone_p is not None:
-        ids = np.unique(bone_p)
-        bone_ids = [int(i) for i in ids if i and is_bone(int(i))]
-        bone = np.isin(bone_p, bone_ids)
+        top = int(bone_p.max()) if bone_p.size else 0
+        lut = np.zeros(top + 1, bool)
+        lut[[i for i in range(1, top + 1) if is_bone(i)]] = True
+        bone = lut[bone_p]
     else:
         bone = ct_p >= BONE_HU
     metal = (ct_p >= METAL_HU) if metal_p is None else metal_p.astype(bool)
@@ -241,66 +353,130 @@ def _eval_track(coef: np.ndarray, s: np.ndarray | float) -> np.ndarray:
 
 
 # ---- canal -------------------------------------------------------------------------------
-def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray
-           ) -> tuple[np.ndarray, dict[str, Any], list[CodedWarning]]:
-    nu, nv, ns = fr.shape
-    sp2 = fr.sp2
-    warns: list[CodedWarning] = []
-    n_close = max(1, int(round(CANAL_CLOSING_MM / fr.spacing[2])))
+def _hole_candidates(bone: np.ndarray, hu_s: np.ndarray, spacing: np.ndarray
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Holes of the bony ring per axial slice and their statistics.
+
+    Bone is closed along the slice axis over :data:`CANAL_CLOSING_MM` and by 3x3 in-plane,
+    then the holes of every slice are labelled (in-plane connectivity, so every label lies
+    in one slice).  Returns the label map and per label (index ``label - 1``): ``id``,
+    ``s`` (slice), ``area`` (mm^2), ``mean`` (HU of ``hu_s``), ``u``, ``v`` (centroid,
+    voxels), ``extent`` (largest / smallest bounding-box side, a roundness proxy).
+    """
+    n_close = max(1, int(round(CANAL_CLOSING_MM / spacing[2])))
     pad = n_close + 1
     b = np.pad(bone, ((1, 1), (1, 1), (pad, pad)), mode="edge")
     b = ndi.binary_closing(b, structure=np.ones((1, 1, n_close), bool))
     b = ndi.binary_closing(b, structure=np.ones((3, 3, 1), bool))
     ring = b[1:-1, 1:-1, pad:-pad] | bone
-    pix_mm2 = float(sp2[0] * sp2[1])
+    holes = _fill_slices(ring) & ~ring
+    lab, n = ndi.label(holes, structure=_ST2)
+    keys = ("id", "s", "area", "mean", "u", "v", "extent")
+    if n == 0:
+        return lab, {k: np.zeros(0) for k in keys}
+    iu, iv, is_ = np.nonzero(lab)
+    lv = lab[iu, iv, is_]
+    cnt = np.bincount(lv, minlength=n + 1)[1:].astype(float)
+    st = {
+        "id": np.arange(1, n + 1),
+        "area": cnt * float(spacing[0] * spacing[1]),
+        "mean": np.bincount(lv, weights=hu_s[iu, iv, is_], minlength=n + 1)[1:] / cnt,
+        "u": np.bincount(lv, weights=iu, minlength=n + 1)[1:] / cnt,
+        "v": np.bincount(lv, weights=iv, minlength=n + 1)[1:] / cnt,
+    }
+    core = ndi.binary_erosion(holes, structure=_ST2)
+    cl = lab[core]
+    ccnt = np.bincount(cl, minlength=n + 1)[1:].astype(float)
+    cmean = np.bincount(cl, weights=hu_s[core], minlength=n + 1)[1:] / np.maximum(ccnt, 1)
+    # density of the hole away from its rim: partial volume with the cortex (and labelled
+    # bone that stops short of it) raises the rim
+    st["mean"] = np.where(ccnt >= 0.25 * cnt, cmean, st["mean"])
+    objs = ndi.find_objects(lab)
+    st["s"] = np.array([o[2].start for o in objs], float)
+    ext = np.array([((o[0].stop - o[0].start) * spacing[0], (o[1].stop - o[1].start) * spacing[1])
+                    for o in objs])
+    st["extent"] = ext.max(axis=1) / np.maximum(ext.min(axis=1), 1e-6)
+    return lab, st
 
-    cands: list[dict[str, Any]] = []
-    for s in range(ns):
-        r = ring[:, :, s]
-        if not r.any():
-            continue
-        holes = ndi.binary_fill_holes(r) & ~r
-        lab, n = ndi.label(holes)
-        if n == 0:
-            continue
-        idx = np.arange(1, n + 1)
-        area = ndi.sum_labels(np.ones_like(lab), lab, idx) * pix_mm2
-        mean = ndi.mean(hu_s[:, :, s], lab, idx)
-        cent = ndi.center_of_mass(holes, lab, idx)
-        for i in range(n):
-            if CANAL_AREA_MM2[0] <= area[i] <= CANAL_AREA_MM2[1] and mean[i] <= CANAL_MAX_MEAN_HU:
-                cu, cv = cent[i]
-                cands.append({"s": s, "id": i + 1, "area": float(area[i]),
-                              "lps": fr.lps([cu, cv, s])[0], "uv": (cu, cv), "lab": lab})
+
+def _candidate_mask(st: dict[str, np.ndarray]) -> np.ndarray:
+    """Holes of canal size, low mean density and not elongated."""
+    return ((st["area"] >= CANAL_AREA_MM2[0]) & (st["area"] <= CANAL_AREA_MM2[1])
+            & (st["mean"] <= CANAL_MAX_MEAN_HU) & (st["extent"] <= CANAL_MAX_EXTENT))
+
+
+def _rough_track(fr: _Frame, f: np.ndarray, hc_s: np.ndarray, bone_c: np.ndarray
+                 ) -> np.ndarray | None:
+    """Canal centreline (LPS x, y over slice mm) from holes on the block grid, or None."""
+    csp = fr.spacing * f
+    _, st = _hole_candidates(bone_c, hc_s, csp)
+    ok = _candidate_mask(st)
+    if ok.sum() < 3:
+        return None
+    uvs = np.stack([st["u"][ok] * f[0] + (f[0] - 1) / 2, st["v"][ok] * f[1] + (f[1] - 1) / 2,
+                    st["s"][ok] * f[2] + (f[2] - 1) / 2], axis=1)
+    pts = fr.lps(uvs)[:, :2]
+    coef, inl = _fit_track(uvs[:, 2] * fr.spacing[2], pts, st["area"][ok], (40.0, 20.0, 10.0))
+    if coef is None or inl.sum() < 3:
+        return None
+    return coef
+
+
+def _track_uv(fr: _Frame, coef: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """In-plane voxel coordinates (u, v) of the centreline at slices ``s`` (n, 2)."""
+    s = np.atleast_1d(np.asarray(s, float))
+    xy = _eval_track(coef, s * fr.spacing[2])
+    rhs = xy - fr.o[:2] - np.outer(s, fr.M[:2, 2])
+    return np.linalg.solve(fr.M[:2, :2], rhs.T).T
+
+
+def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray,
+           box: tuple[slice, slice]
+           ) -> tuple[np.ndarray, dict[str, Any], list[CodedWarning]]:
+    """Canal in an in-plane ``box`` (all slices); arrays are the box crops."""
+    shape = hu_s.shape
+    ns = shape[2]
+    u0, v0 = box[0].start, box[1].start
+    sp2 = fr.sp2
+    warns: list[CodedWarning] = []
+    lab, st = _hole_candidates(bone, hu_s, fr.spacing)
+    ok = _candidate_mask(st)
+    canal = np.zeros(shape, bool)
     info: dict[str, Any] = {"found": False}
-    canal = np.zeros(fr.shape, bool)
-    if len(cands) < 3:
+    if ok.sum() < 3:
         warns.append(CodedWarning("PLN-W-SOFT-001", "spinal canal not found: no bony ring "
                                   "encloses a low-density region of canal size",
-                                  {"candidates": len(cands)}))
+                                  {"candidates": int(ok.sum())}))
         return canal, info, warns
-    s_arr = np.array([c["s"] for c in cands], float)
-    s_mm = s_arr * fr.spacing[2]
-    pts = np.array([c["lps"][:2] for c in cands])
-    w = np.array([c["area"] for c in cands])
-    coef, inl = _fit_track(s_mm, pts, w, (40.0, 20.0, 10.0, CANAL_TRACK_TOL_MM))
+    ids = st["id"][ok]
+    s_arr = st["s"][ok]
+    uvs = np.stack([st["u"][ok] + u0, st["v"][ok] + v0, s_arr], axis=1)
+    pts = fr.lps(uvs)[:, :2]
+    w = st["area"][ok]
+    coef, inl = _fit_track(s_arr * fr.spacing[2], pts, w, (40.0, 20.0, 10.0, CANAL_TRACK_TOL_MM))
     if coef is None or inl.sum() < 3:
         warns.append(CodedWarning("PLN-W-SOFT-001", "spinal canal not found: canal candidates "
-                                  "do not line up along the spine", {"candidates": len(cands)}))
+                                  "do not line up along the spine", {"candidates": len(ids)}))
         return canal, info, warns
     med_area = float(np.median(w[inl]))
-    best: dict[int, dict[str, Any]] = {}
-    for c, ok in zip(cands, inl):
-        if not ok or not (0.35 * med_area <= c["area"] <= 2.5 * med_area):
-            continue
-        d = np.linalg.norm(c["lps"][:2] - _eval_track(coef, c["s"] * fr.spacing[2])[0])
-        if c["s"] not in best or d < best[c["s"]]["d"]:
-            best[c["s"]] = {**c, "d": d}
+    d = np.linalg.norm(pts - _eval_track(coef, s_arr * fr.spacing[2]), axis=1)
+    good = inl & (w >= 0.35 * med_area) & (w <= 2.5 * med_area)
+    best: dict[int, tuple[float, int]] = {}
+    for i in np.nonzero(good)[0]:
+        s = int(s_arr[i])
+        if s not in best or d[i] < best[s][0]:
+            best[s] = (float(d[i]), int(ids[i]))
     enclosed = sorted(best)
-    sections: dict[int, np.ndarray] = {}
-    for s in enclosed:
-        sections[s] = best[s]["lab"] == best[s]["id"]
-        canal[:, :, s] = sections[s]
+    sel = np.zeros(int(lab.max()) + 1, bool)
+    sel[[best[s][1] for s in enclosed]] = True
+    canal = sel[lab]
+    # the canal is round / oval: an opening removes the lateral recesses (narrow wings of
+    # the hole between pedicle and body) and foraminal extensions
+    if CANAL_OPEN_MM > 0:
+        opened = ndi.binary_opening(canal, structure=_disk3(CANAL_OPEN_MM / sp2))
+        keep = opened.any(axis=(0, 1))
+        canal[:, :, keep] = opened[:, :, keep]
+    sections = {s: canal[:, :, s] for s in enclosed}
 
     csf = (hu_s >= CANAL_GROW_HU[0]) & (hu_s <= CANAL_GROW_HU[1]) & ~bone
     grow = _disk(CANAL_GROW_MM / sp2)
@@ -309,11 +485,7 @@ def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray
     gaps_mm: list[float] = []
 
     def centre_uv(s: int) -> np.ndarray:
-        xy = _eval_track(coef, s * fr.spacing[2])[0]
-        # solve in-plane (u, v) for LPS x, y at slice s
-        M2 = fr.M[:2, :2]
-        rhs = xy - fr.o[:2] - fr.M[:2, 2] * s
-        return np.linalg.solve(M2, rhs)
+        return _track_uv(fr, coef, s)[0] - (u0, v0)
 
     sdf_cache: dict[int, np.ndarray] = {}
 
@@ -325,8 +497,8 @@ def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray
         return sdf_cache[s]
 
     def moved(s_from: int, s_to: int) -> np.ndarray:
-        d = centre_uv(s_to) - centre_uv(s_from)
-        return ndi.shift(sdf2(s_from), d, order=1, mode="nearest")
+        dd = centre_uv(s_to) - centre_uv(s_from)
+        return ndi.shift(sdf2(s_from), dd, order=1, mode="nearest")
 
     def refine(s: int, m: np.ndarray) -> np.ndarray:
         if not m.any():
@@ -371,67 +543,97 @@ def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray
     return canal, info, warns
 
 
-def _midline_x(fr: _Frame, canal_info: dict, body: np.ndarray, s: int) -> float:
-    if canal_info.get("found"):
-        return float(_eval_track(canal_info["track_coef"], s * fr.spacing[2])[0, 0])
-    x, _ = fr.plane_xy(s)
-    m = body[:, :, s]
-    return float(x[m].mean()) if m.any() else float(x.mean())
+def _canal_box(fr: _Frame, coef: np.ndarray | None) -> tuple[slice, slice]:
+    """In-plane box (voxel slices) of :data:`CANAL_BOX_MM` around the rough centreline."""
+    nu, nv, ns = fr.shape
+    if coef is None:
+        return slice(0, nu), slice(0, nv)
+    uv = _track_uv(fr, coef, np.arange(ns))
+    r = CANAL_BOX_MM / fr.sp2
+    lo = np.floor(uv.min(axis=0) - r).astype(int)
+    hi = np.ceil(uv.max(axis=0) + r).astype(int) + 1
+    lo = np.clip(lo, 0, [nu, nv])
+    hi = np.clip(hi, 0, [nu, nv])
+    if (hi - lo < 8).any():
+        return slice(0, nu), slice(0, nv)
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
 
 
 # ---- aorta -------------------------------------------------------------------------------
-def _aorta(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray,
-           canal_info: dict) -> tuple[np.ndarray, dict[str, Any], list[CodedWarning]]:
-    out = np.zeros(fr.shape, bool)
+def _aorta(fr: _Frame, f: np.ndarray, hc_s: np.ndarray, bone_c: np.ndarray,
+           body_c: np.ndarray, dxy: tuple[np.ndarray, np.ndarray], canal_info: dict
+           ) -> tuple[list[tuple[int, float, float, float]], dict[str, Any]]:
+    """Aorta on the block grid: per full-resolution slice (s, x, y, radius mm)."""
     if not canal_info.get("found"):
-        return out, {"found": False, "reason": "no spinal canal to search from"}, []
-    coef = canal_info["track_coef"]
+        return [], {"found": False, "reason": "no spinal canal to search from"}
+    csp = fr.spacing * f
+    cs = hc_s.shape
     lo, hi = canal_info["slice_range"]
-    ext = int(round(AORTA_EXTEND_MM / fr.spacing[2]))
-    lo, hi = max(0, lo - ext), min(fr.shape[2] - 1, hi + ext)
-    blood = (hu_s >= AORTA_HU[0]) & (hu_s <= AORTA_HU[1]) & ~bone & body
-    cands = []
-    for s in range(lo, hi + 1):
-        cx, cy = _eval_track(coef, s * fr.spacing[2])[0]
-        x, y = fr.plane_xy(s)
-        ant = cy - y
-        lat = x - cx
-        region = ((ant >= AORTA_ANTERIOR_MM[0]) & (ant <= AORTA_ANTERIOR_MM[1])
-                  & (lat >= AORTA_LATERAL_MM[0]) & (lat <= AORTA_LATERAL_MM[1]))
-        m = blood[:, :, s] & region
-        if m.sum() < 10:
-            continue
-        d = ndi.distance_transform_edt(np.pad(m, 1), sampling=fr.sp2)[1:-1, 1:-1]
-        # local maxima of the inscribed-circle radius within the aortic size range
-        mx = ndi.maximum_filter(d, size=5)
-        peaks = np.argwhere((d == mx) & (d >= AORTA_RADIUS_MM[0]) & (d <= AORTA_RADIUS_MM[1]))
-        for u, v in peaks:
-            cands.append((s, float(x[u, v]), float(y[u, v]), float(d[u, v]), u, v))
-    if len(cands) < 3:
-        return out, {"found": False, "reason": "no round blood-density tube anterior to the "
-                     "spine (contrast-enhanced or absent aorta?)"}, []
-    c = np.array([[a[0], a[1], a[2], a[3]] for a in cands])
-    s_mm = c[:, 0] * fr.spacing[2]
-    coef_a, inl = _fit_track(s_mm, c[:, 1:3], c[:, 3] ** 2, (40.0, 20.0, 10.0, 6.0))
+    ext = AORTA_EXTEND_MM / fr.spacing[2]
+    klo = max(0, int(np.floor((lo - ext) / f[2])))
+    khi = min(cs[2] - 1, int(np.ceil((hi + ext) / f[2])))
+    dx, dy = dxy
+    ant = -dy
+    region = ((ant >= AORTA_ANTERIOR_MM[0]) & (ant <= AORTA_ANTERIOR_MM[1])
+              & (dx >= AORTA_LATERAL_MM[0]) & (dx <= AORTA_LATERAL_MM[1]))
+    m = (hc_s >= AORTA_HU[0]) & (hc_s <= AORTA_HU[1]) & ~bone_c & body_c & region
+    m[:, :, :klo] = False
+    m[:, :, khi + 1:] = False
+    nz = ndi.find_objects(m.astype(np.uint8))
+    if not nz or nz[0] is None:
+        return [], {"found": False, "reason": "no blood-density tissue anterior to the spine"}
+    bx = nz[0]
+    mb = np.pad(m[bx], ((1, 1), (1, 1), (0, 0)))
+    # in-plane distance: a huge slice spacing keeps the nearest background in-plane
+    d = ndi.distance_transform_edt(mb, sampling=(csp[0], csp[1], 1e4))[1:-1, 1:-1]
+    size = max(3, 2 * int(round(3.75 / float(csp[:2].min()))) + 1)
+    mx = ndi.maximum_filter(d, size=(size, size, 1))
+    pk = np.argwhere((d == mx) & (d >= AORTA_RADIUS_MM[0]) & (d <= AORTA_RADIUS_MM[1]))
+    if len(pk) < 3:
+        return [], {"found": False, "reason": "no round blood-density tube anterior to the "
+                    "spine (contrast-enhanced or absent aorta?)"}
+    pk_full = pk + [bx[0].start, bx[1].start, bx[2].start]
+    uvs = pk_full * f + (f - 1) / 2.0
+    xy = fr.lps(uvs)[:, :2]
+    r = d[pk[:, 0], pk[:, 1], pk[:, 2]]
+    s_mm = uvs[:, 2] * fr.spacing[2]
+    coef_a, inl = _fit_track(s_mm, xy, r ** 2, (40.0, 20.0, 10.0, 6.0))
     if coef_a is None or inl.sum() < 3:
-        return out, {"found": False, "reason": "round candidates do not form a tube"}, []
-    best: dict[int, tuple] = {}
-    for a, ok in zip(cands, inl):
-        if not ok:
+        return [], {"found": False, "reason": "round candidates do not form a tube"}
+    pred = _eval_track(coef_a, s_mm)
+    score = r - 0.5 * np.linalg.norm(xy - pred, axis=1)
+    best: dict[int, int] = {}
+    for i in np.nonzero(inl)[0]:
+        k = int(pk_full[i, 2])
+        if k not in best or score[i] > score[best[k]]:
+            best[k] = i
+    out = []
+    half = 0.5 * float(csp[:2].min())
+    for k, i in sorted(best.items()):
+        for s in range(k * f[2], min(fr.shape[2], (k + 1) * f[2])):
+            out.append((s, float(xy[i, 0]), float(xy[i, 1]), float(r[i] + half)))
+    radii = [o[3] for o in out]
+    return out, {"found": True, "slices": len(out), "median_radius_mm": float(np.median(radii))}
+
+
+def _aorta_mask(fr: _Frame, disks: list[tuple[int, float, float, float]], hu: np.ndarray,
+                bone: np.ndarray, out: np.ndarray) -> None:
+    """Rasterise the aorta disks at full resolution into ``out`` (in place)."""
+    if not disks:
+        return
+    Minv = np.linalg.inv(fr.M[:2, :2])
+    nu, nv = fr.shape[:2]
+    for s, x, y, r in disks:
+        c = Minv @ (np.array([x, y]) - fr.o[:2] - fr.M[:2, 2] * s)
+        h = (r + 2.0) / fr.sp2
+        bu = slice(max(0, int(c[0] - h[0])), min(nu, int(c[0] + h[0]) + 2))
+        bv = slice(max(0, int(c[1] - h[1])), min(nv, int(c[1] + h[1]) + 2))
+        if bu.start >= bu.stop or bv.start >= bv.stop:
             continue
-        pred = _eval_track(coef_a, a[0] * fr.spacing[2])[0]
-        dd = np.hypot(a[1] - pred[0], a[2] - pred[1])
-        score = a[3] - 0.5 * dd
-        if a[0] not in best or score > best[a[0]][0]:
-            best[a[0]] = (score, a)
-    radii = []
-    for s, (_, a) in best.items():
-        x, y = fr.plane_xy(s)
-        r = a[3] + 0.5 * float(fr.sp2.min())
-        disk = (x - a[1]) ** 2 + (y - a[2]) ** 2 <= r * r
-        out[:, :, s] = disk & ~bone[:, :, s] & (hu_s[:, :, s] >= AORTA_HU[0] - 20)
-        radii.append(r)
-    return out, {"found": True, "slices": len(best), "median_radius_mm": float(np.median(radii))}, []
+        xx, yy = fr.plane_xy(s, (bu, bv))
+        disk = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+        hs = ndi.uniform_filter(hu[bu, bv, s].astype(np.float32), size=3)
+        out[bu, bv, s] |= disk & ~bone[bu, bv, s] & (hs >= AORTA_HU[0] - 20)
 
 
 # ---- public ------------------------------------------------------------------------------
@@ -442,6 +644,12 @@ def segment_soft_tissue(
     metal_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Segment body outline, skin, fat, lungs, pleura, canal, sac, aorta and fluid on CT.
+
+    Body outline, lungs, pleura, fat, fluid and the aorta search run on a block grid of
+    about :data:`COARSE_MM` (block means); outline and lung borders are then refined at
+    full resolution within one block of the coarse border.  The canal runs at full
+    resolution in a box of :data:`CANAL_BOX_MM` around a centreline found on the block
+    grid.
 
     Parameters
     ----------
@@ -464,13 +672,22 @@ def segment_soft_tissue(
     info : dict
         Per structure: what was found (voxel counts, volumes in mL, canal slices enclosed /
         interpolated / extrapolated, aorta radius, fluid collections with centroid in LPS),
-        the thresholds used and ``warnings`` (list of :class:`CodedWarning`).
+        the thresholds used, ``timings_s`` and ``warnings`` (list of :class:`CodedWarning`).
 
     Raises
     ------
     InputError
         ``PLN-SOFT-001`` when the image is not CT in HU (e.g. MR).
     """
+    t0 = time.perf_counter()
+    tim: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        t = time.perf_counter()
+        tim[name] = round(t - t0, 3)
+        t0 = t
+
     _check_ct(ct)
     fr = _Frame(ct)
     for name, a in (("bone_labels", bone_labels), ("metal_mask", metal_mask)):
@@ -478,119 +695,192 @@ def segment_soft_tissue(
             raise InputError(f"{name} shape {np.shape(a)} does not match the CT {ct.shape}",
                              code="PLN-GEO-003")
     hu = fr.to_perm(np.asarray(ct.array))
-    hu_s = _gauss(hu, SMOOTH_MM, fr.spacing)
+    shape = fr.shape
     bone, metal = _bone_mask(hu, None if bone_labels is None else fr.to_perm(bone_labels),
                              None if metal_mask is None else fr.to_perm(metal_mask))
+    f = _factors(fr.spacing)
+    csp = fr.spacing * f
+    cvox_ml = float(np.prod(csp)) / 1000.0
+    hc = _block(hu, f, "mean")
+    # block means already average f^3 voxels (box of f*spacing ~ Gaussian sigma f*sp/sqrt(12))
+    hc_s = _gauss(hc, float(np.sqrt(max(0.0, SMOOTH_MM ** 2 - float(np.mean(csp ** 2)) / 12))),
+                  csp)
+    bone_c = _block(bone, f, "any")
+    ring_c = bone_c | (hc >= BONE_HU) if bone_labels is not None else bone_c
     warns: list[CodedWarning] = []
     info: dict[str, Any] = {"thresholds": {
-        "smooth_mm": SMOOTH_MM, "body_hu": BODY_HU, "skin_mm": SKIN_MM, "fat_hu": FAT_HU,
+        "smooth_mm": SMOOTH_MM, "coarse_mm": COARSE_MM, "body_hu": BODY_HU,
+        "skin_mm": SKIN_MM, "fat_hu": FAT_HU,
         "bone_hu": None if bone_labels is not None else BONE_HU, "air_hu": AIR_HU,
         "csf_hu": CSF_HU, "aorta_hu": AORTA_HU, "fluid_hu": FLUID_HU,
-        "canal_closing_mm": CANAL_CLOSING_MM}}
+        "canal_closing_mm": CANAL_CLOSING_MM, "canal_open_mm": CANAL_OPEN_MM}}
+    lap("prepare")
 
-    # body and skin
-    body = _fill_slices(_largest_component(hu_s > BODY_HU))
-    depth = _edt2d(body, fr.sp2)
-    skin = body & (depth < SKIN_MM + 0.5 * float(fr.sp2.min()))
-    info["body"] = {"volume_ml": float(body.sum() * fr.voxel_ml)}
-
-    # lungs
-    air = (hu_s < AIR_HU) & body
+    # body on the block grid
+    body_c = _fill_slices(_largest_component(hc_s > BODY_HU))
+    # lungs on the block grid
+    air = (hc_s < AIR_HU) & body_c
     lab, n = ndi.label(air)
-    lungs = np.zeros(fr.shape, bool)
+    lungs_c = np.zeros(air.shape, bool)
     if n:
         idx = np.arange(1, n + 1)
-        vol_ml = ndi.sum_labels(np.ones_like(lab), lab, idx) * fr.voxel_ml
-        mean = ndi.mean(hu, lab, idx)
-        keep = idx[(vol_ml >= LUNG_MIN_ML) & (mean >= LUNG_MIN_MEAN_HU)]
-        lungs = np.isin(lab, keep)
+        flat = lab.ravel()
+        cnt = np.bincount(flat, minlength=n + 1)[1:]
+        mean = np.bincount(flat, weights=hc.ravel(), minlength=n + 1)[1:] / np.maximum(cnt, 1)
+        keep = np.zeros(n + 1, bool)
+        keep[idx[(cnt * cvox_ml >= LUNG_MIN_ML) & (mean >= LUNG_MIN_MEAN_HU)]] = True
+        lungs_c = keep[lab]
+    lap("body_lungs_coarse")
 
-    # canal and sac
-    canal, cinfo, w = _canal(fr, hu_s, bone, body)
+    # canal: rough centreline on the block grid, then full resolution in a box
+    coef0 = _rough_track(fr, f, hc_s, ring_c)
+    box = _canal_box(fr, coef0)
+    bb = (box[0], box[1], slice(None))
+    hu_box = _gauss(hu[bb], SMOOTH_MM, fr.spacing)
+    body_box = _up(body_c, f, (box[0], box[1], slice(0, shape[2])))
+    # the ring also takes bone-density voxels: labelled bone may stop short of the
+    # partial-volume cortex edge, which would otherwise raise the mean HU of the hole
+    ring_box = bone[bb] | (hu[bb] >= BONE_HU) if bone_labels is not None else bone[bb]
+    canal_box, cinfo, w = _canal(fr, hu_box, ring_box, body_box, box)
     warns += w
-    sac = canal & (hu_s >= CSF_HU[0]) & (hu_s <= CSF_HU[1])
+    canal = np.zeros(shape, bool)
+    canal[bb] = canal_box
+    sac = np.zeros(shape, bool)
+    sac[bb] = canal_box & (hu_box >= CSF_HU[0]) & (hu_box <= CSF_HU[1])
+    lap("canal")
 
-    # left / right lungs by the midline (canal centreline, else body centroid)
-    lung_left = np.zeros(fr.shape, bool)
-    for s in np.nonzero(lungs.any(axis=(0, 1)))[0]:
-        x, _ = fr.plane_xy(s)
-        lung_left[:, :, s] = lungs[:, :, s] & (x > _midline_x(fr, cinfo, body, s))
-    lung_right = lungs & ~lung_left
-    pleura = np.zeros(fr.shape, bool)
-    if lungs.any():
-        r = np.maximum(1, np.round(PLEURA_MM / fr.spacing)).astype(int)
-        st = np.ones(tuple(2 * r + 1), bool)
-        pleura = ndi.binary_dilation(lungs, structure=st) & body & ~lungs & ~bone & ~skin
-    info["lungs"] = {"left_ml": float(lung_left.sum() * fr.voxel_ml),
-                     "right_ml": float(lung_right.sum() * fr.voxel_ml)}
+    # block-grid offsets from the midline (canal centreline, else the body centroid)
+    coef = cinfo.get("track_coef")
+    if coef is None:
+        pts = np.argwhere(body_c)
+        cen = fr.lps(pts.mean(axis=0) * f + (f - 1) / 2.0)[0] if len(pts) else fr.o
+        coef = np.array([[0.0, 0.0], [0.0, 0.0], [cen[0], cen[1]]])
+    dxy = fr.grid_xy(f, body_c.shape, coef)
+    left_c = dxy[0] > 0
 
-    # aorta
-    aorta, ainfo, w = _aorta(fr, hu_s, bone, body, cinfo)
-    warns += w
+    # pleura zone, aorta, fluid on the block grid
+    r = np.maximum(1, np.round(PLEURA_MM / csp)).astype(int)
+    pleura_c = (ndi.binary_dilation(lungs_c, structure=np.ones(tuple(2 * r + 1), bool))
+                if lungs_c.any() else lungs_c)
+    disks, ainfo = _aorta(fr, f, hc_s, bone_c, body_c, dxy, cinfo)
     if not ainfo.get("found"):
         warns.append(CodedWarning("PLN-W-SOFT-003", f"aorta not found: {ainfo.get('reason')}",
                                   {}))
-    aorta &= ~canal
+    canal_c = canal[tuple(slice((k - 1) // 2, n * k, k) for k, n in zip(f, body_c.shape))]
+    canal_c = ndi.binary_dilation(canal_c, structure=_ST2)
+    fluid_c, finfo = _fluid(fr, f, hc, bone_c, body_c, canal_c, lungs_c, dxy, cinfo)
+    fat_c = body_c & (hc_s >= FAT_HU[0]) & (hc_s <= FAT_HU[1])
+    lap("coarse_rest")
 
-    # posterior fluid collections
-    fluid, finfo = _fluid(fr, hu, bone, body, depth, canal, lungs, cinfo)
+    # full resolution, in the body's bounding box: one upsampled code volume, outline and
+    # lung borders refined on the raw HU within one block of the coarse border
+    one = np.ones((3, 3, 3), bool)
+    code = (_erode_border(body_c).astype(np.uint8)
+            | (ndi.binary_dilation(body_c, one).astype(np.uint8) << 1)
+            | (_erode_border(lungs_c).astype(np.uint8) << 2)
+            | (ndi.binary_dilation(lungs_c, one).astype(np.uint8) << 3)
+            | (left_c.astype(np.uint8) << 4) | (pleura_c.astype(np.uint8) << 5)
+            | (fluid_c.astype(np.uint8) << 6) | (fat_c.astype(np.uint8) << 7))
+    nzc = np.nonzero(code & 2)
+    if len(nzc[0]):
+        cbox = tuple(slice(int(z.min()) * int(k), min(n, (int(z.max()) + 1) * int(k))
+                           if z.max() + 1 < cn else n)
+                     for z, k, n, cn in zip(nzc, f, shape, body_c.shape))
+    else:
+        cbox = tuple(slice(0, 0) for _ in shape)
+    cu = _up(code, f, cbox)
+    hb, nb = hu[cbox], ~bone[cbox]
+    canal_b, sac_b = canal[cbox], sac[cbox]
+    if (f == 1).all():
+        # no block grid: the coarse masks are the full-resolution masks
+        body = body_c[cbox]
+        lungs = lungs_c[cbox]
+    else:
+        body = ((cu & 1) > 0) | (((cu & 2) > 0) & (hb > BODY_HU))
+        lungs = (((cu & 4) > 0) | (((cu & 8) > 0) & (hb < AIR_HU))) & body
+    lap("upsample")
+    skin = body & ~_erode_inplane(body, (SKIN_MM + 0.5 * float(fr.sp2.min()))
+                                  / float(fr.sp2.mean()))
+    lung_left = lungs & ((cu & 16) > 0)
+    lung_right = lungs & ~lung_left
+    pleura = ((cu & 32) > 0) & body & ~lungs & nb & ~skin
+    fluid = ((cu & 64) > 0) & nb & ~canal_b
+    fat = ((cu & 128) > 0) & body
+    aorta_full = np.zeros(shape, bool)
+    _aorta_mask(fr, disks, hu, bone, aorta_full)
+    aorta = aorta_full[cbox] & ~canal_b
+    info["body"] = {"volume_ml": float(np.count_nonzero(body) * fr.voxel_ml)}
+    info["lungs"] = {"left_ml": float(np.count_nonzero(lung_left) * fr.voxel_ml),
+                     "right_ml": float(np.count_nonzero(lung_right) * fr.voxel_ml)}
 
-    # fat and the rest
-    fat = body & (hu_s >= FAT_HU[0]) & (hu_s <= FAT_HU[1])
-    out = np.zeros(fr.shape, np.uint16)
-    out[body & ~bone] = LABEL_IDS["soft_tissue"]
-    out[fat & ~bone] = LABEL_IDS["fat"]
-    out[pleura] = LABEL_IDS["pleura"]
-    out[lung_left] = LABEL_IDS["lung_left"]
-    out[lung_right] = LABEL_IDS["lung_right"]
-    out[aorta] = LABEL_IDS["aorta"]
-    out[fluid] = LABEL_IDS["fluid_collection"]
-    out[skin & ~bone] = LABEL_IDS["skin"]
-    out[canal] = LABEL_IDS["spinal_canal"]
-    out[sac] = LABEL_IDS["thecal_sac"]
-    out[bone | metal] = 0
+    ob = np.zeros(body.shape, np.uint16)
+    for mask, name in ((body, "soft_tissue"), (fat, "fat"), (pleura, "pleura"),
+                       (lung_left, "lung_left"), (lung_right, "lung_right"), (aorta, "aorta"),
+                       (fluid, "fluid_collection"), (skin, "skin"), (canal_b, "spinal_canal"),
+                       (sac_b, "thecal_sac")):
+        np.copyto(ob, np.uint16(LABEL_IDS[name]), where=mask)
+    np.copyto(ob, np.uint16(0), where=~nb)
+    out = np.zeros(shape, np.uint16)
+    out[cbox] = ob
+    lap("assemble")
 
     cinfo = {k: v for k, v in cinfo.items() if k != "track_coef"}
     if cinfo.get("found"):
         cinfo["volume_ml"] = float(canal.sum() * fr.voxel_ml)
         cinfo["sac_volume_ml"] = float(sac.sum() * fr.voxel_ml)
+        cinfo["box"] = [[box[0].start, box[0].stop], [box[1].start, box[1].stop]]
+    ids = [LABEL_IDS[k] for k in ("soft_tissue", "fat", "pleura", "lung_left", "lung_right",
+                                  "aorta", "fluid_collection", "skin", "spinal_canal",
+                                  "thecal_sac")]
+    counts = {LABEL_NAMES[i]: int(c) for i in ids if (c := np.count_nonzero(ob == i))}
     info.update({"canal": cinfo, "aorta": ainfo, "fluid_collections": finfo,
-                 "counts": {LABEL_NAMES[int(i)]: int(c) for i, c in
-                            zip(*np.unique(out, return_counts=True)) if i},
+                 "counts": counts,
                  "warnings": warns})
+    lap("report")
+    info["timings_s"] = tim
+    log.debug("soft-tissue timings (s): %s", tim)
     for wr in warns:
         log.warning("[%s] %s", wr.code, wr.message)
     return np.ascontiguousarray(fr.from_perm(out)), info
 
 
-def _fluid(fr: _Frame, hu: np.ndarray, bone: np.ndarray, body: np.ndarray, depth: np.ndarray,
-           canal: np.ndarray, lungs: np.ndarray, cinfo: dict
-           ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    out = np.zeros(fr.shape, bool)
+def _erode_border(m: np.ndarray) -> np.ndarray:
+    """``m`` minus its 26-connected border voxels (array border counts as inside)."""
+    return ndi.binary_erosion(m, structure=np.ones((3, 3, 3), bool), border_value=1)
+
+
+def _fluid(fr: _Frame, f: np.ndarray, hc: np.ndarray, bone_c: np.ndarray, body_c: np.ndarray,
+           canal_c: np.ndarray, lungs_c: np.ndarray, dxy: tuple[np.ndarray, np.ndarray],
+           cinfo: dict) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Posterior fluid collections on the block grid (``hc``: block-mean HU)."""
+    out = np.zeros(hc.shape, bool)
     if not cinfo.get("found"):
         return out, []
-    hf = _gauss(hu, FLUID_SMOOTH_MM, fr.spacing)
-    m = (hf >= FLUID_HU[0]) & (hf <= FLUID_HU[1]) & body & (depth > FLUID_SKIN_MARGIN_MM)
-    m &= ~ndi.binary_dilation(bone, iterations=1) & ~canal
-    if lungs.any():
-        m &= ~ndi.binary_dilation(lungs, iterations=max(1, int(round(6.0 / fr.spacing.min()))))
-    coef = cinfo["track_coef"]
-    for s in range(fr.shape[2]):
-        if not m[:, :, s].any():
-            continue
-        cx, cy = _eval_track(coef, s * fr.spacing[2])[0]
-        _, y = fr.plane_xy(s)
-        m[:, :, s] &= y > cy
+    csp = fr.spacing * f
+    sig = float(np.sqrt(max(0.0, FLUID_SMOOTH_MM ** 2 - float(np.mean(csp ** 2)) / 12)))
+    hf = _gauss(hc, sig, csp)
+    deep = _erode_inplane(body_c, FLUID_SKIN_MARGIN_MM / float(csp[:2].mean()))
+    m = (hf >= FLUID_HU[0]) & (hf <= FLUID_HU[1]) & deep
+    m &= ~ndi.binary_dilation(bone_c, iterations=1) & ~canal_c
+    if lungs_c.any():
+        m &= ~ndi.binary_dilation(lungs_c, iterations=max(1, int(round(6.0 / csp.min()))))
+    m &= dxy[1] > 0  # posterior of the canal centreline
     m = ndi.binary_opening(m, structure=ndi.generate_binary_structure(3, 1), iterations=1)
     lab, n = ndi.label(m)
     found = []
     if n:
-        idx = np.arange(1, n + 1)
-        vol_ml = ndi.sum_labels(np.ones_like(lab), lab, idx) * fr.voxel_ml
-        keep = idx[vol_ml >= FLUID_MIN_ML]
-        cents = ndi.center_of_mass(m, lab, keep) if len(keep) else []
-        for i, c in zip(keep, cents):
-            out |= lab == i
-            found.append({"volume_ml": float(vol_ml[i - 1]),
-                          "centroid_lps": [round(float(v), 2) for v in fr.lps(np.array(c))[0]]})
+        cvox_ml = float(np.prod(csp)) / 1000.0
+        iu, iv, is_ = np.nonzero(lab)
+        lv = lab[iu, iv, is_]
+        cnt = np.bincount(lv, minlength=n + 1).astype(float)
+        keep = np.nonzero(cnt * cvox_ml >= FLUID_MIN_ML)[0]
+        keep = keep[keep > 0]
+        sel = np.zeros(n + 1, bool)
+        sel[keep] = True
+        out = sel[lab]
+        for i in keep:
+            c = np.array([np.bincount(lv, weights=a, minlength=n + 1)[i] for a in (iu, iv, is_)])
+            c = c / cnt[i] * f + (f - 1) / 2.0
+            found.append({"volume_ml": float(cnt[i] * cvox_ml),
+                          "centroid_lps": [round(float(v), 2) for v in fr.lps(c)[0]]})
     return out, found
