@@ -87,6 +87,17 @@ BODY_MIN_VOLUME_MM3: float = 1500.0
 SHADOW_AP_MM: tuple[float, float] = (12.0, 70.0)
 SHADOW_LR_MM: float = 35.0
 
+#: Column check: consecutive bodies are within COLUMN_TOL_MM (mm, in the axial plane) (adjacent bodies are offset by < 8 mm even in scoliosis/spondylolisthesis; rib
+#: heads and posterior elements lie >= 20 mm off). [U]
+COLUMN_TOL_MM: float = 14.0
+#: Cranio-caudal distance (mm) between consecutive body centres: half a T1 body + disc
+#: (~8 mm when a body is over-split) up to a tall lumbar body + disc with a gap (55 mm). [U]
+COLUMN_STEP_MM: tuple[float, float] = (8.0, 55.0)
+
+#: Body centres are centroids of the voxels at least this fraction of the piece's maximum
+#: depth inside the bone (ribs, alae and processes do not pull them aside). [U]
+CORE_FRACTION: float = 0.6
+
 #: Two body pieces touching with a distance-map saddle above this fraction of the thinner
 #: piece's maximum are one bone (over-split body or sacrum). [U]
 SADDLE_FRACTION: float = 0.5
@@ -331,27 +342,37 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
                 break
         if not shadowed:
             bodies.append(i)
-    # keep the column: bodies near the median left-right position of the chain
+    # keep the column: drop candidates off the line through their neighbours (rib heads,
+    # transverse processes, posterior elements whose body is outside the field of view)
     if bodies:
         xs = np.array([info[i]["c"][0] for i in bodies])
         w = np.array([info[i]["v"] for i in bodies])
         x0 = float(np.median(np.repeat(xs, np.maximum(1, (w / w.min()).astype(int)))))
         bodies = [i for i in bodies if abs(info[i]["c"][0] - x0) < 30.0]
-    # merge consecutive pieces of one bone: they touch with a thick saddle (two bodies
-    # are separated by a disc, i.e. not bone at all, or touch only through thin bone)
-    bodies.sort(key=lambda i: -info[i]["c"][2])
+    if bodies:
+        core = np.where(edt >= CORE_FRACTION * np.append(0.0, emax)[pieces], pieces, 0)
+        cc = np.array(ndi.center_of_mass(core > 0, core, bodies)) * sp_c
+        for i, p in zip(bodies, cc):
+            if np.all(np.isfinite(p)):
+                info[i]["core"] = p
+
+    def same_bone(i: int, j: int) -> bool:
+        # two pieces of one bone touch with a thick saddle (two bodies are separated by a
+        # disc, i.e. not bone at all, or touch only through thin bone)
+        sl = objs[j - 1]
+        pad = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
+        near = ndi.binary_dilation(pieces[pad] == j) & (pieces[pad] == i)
+        saddle = float(edt[pad][near].max()) if near.any() else 0.0
+        return saddle >= SADDLE_FRACTION * min(info[i]["e"], info[j]["e"])
+
+    chain = _column_chain(bodies, info, same_bone)
+    # merge consecutive bodies of one bone (over-split body or sacrum)
     groups: list[list[int]] = []
-    for i in bodies:
-        if groups:
-            j = groups[-1][-1]
-            sl = objs[j - 1]
-            pad = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
-            near = ndi.binary_dilation(pieces[pad] == j) & (pieces[pad] == i)
-            saddle = float(edt[pad][near].max()) if near.any() else 0.0
-            if saddle >= SADDLE_FRACTION * min(info[i]["e"], info[j]["e"]):
-                groups[-1].append(i)
-                continue
-        groups.append([i])
+    for g in chain:
+        if groups and same_bone(g[0], groups[-1][0]):
+            groups[-1].extend(g)
+            continue
+        groups.append(list(g))
     out = []
     for g in groups:
         v = sum(info[i]["v"] for i in g)
@@ -368,6 +389,69 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
         )
     out.sort(key=lambda b: -b["centroid"][2])
     return pieces, out, edt
+
+
+def _column_chain(ids: list[int], info: dict[int, dict], same_bone: Any = None) -> list[list[int]]:
+    """Pick the spinal column among body candidates.
+
+    The column is the longest cranio-caudal chain of candidates in which consecutive ones
+    are :data:`COLUMN_STEP_MM` apart in height and within :data:`COLUMN_TOL_MM` in the
+    axial plane (ties: larger total volume).  Rib heads, transverse processes and posterior
+    elements whose body is outside the field of view are off the chain.  A candidate off
+    the chain that overlaps a chain member in height by more than half, lies within
+    2 x :data:`COLUMN_TOL_MM` of it and joins it with a thick saddle (``same_bone(i, j)``)
+    is another piece of that body.  Positions are the centroids of the pieces' cores
+    (``info[i]["core"]``), which ribs and alae do not pull aside.
+
+    Returns
+    -------
+    list of list of int
+        Piece ids per body, cranial to caudal.
+    """
+    if not ids:
+        return []
+    order = sorted(ids, key=lambda i: -info[i]["c"][2])
+    c = {i: info[i].get("core", info[i]["c"]) for i in order}
+    best: dict[int, tuple[int, float]] = {}
+    prev: dict[int, int | None] = {}
+    for k, i in enumerate(order):
+        best[i] = (1, info[i]["v"])
+        prev[i] = None
+        for j in order[:k]:
+            dz = c[j][2] - c[i][2]
+            dxy = float(np.hypot(c[j][0] - c[i][0], c[j][1] - c[i][1]))
+            if COLUMN_STEP_MM[0] <= dz <= COLUMN_STEP_MM[1] and dxy <= COLUMN_TOL_MM:
+                cand = (best[j][0] + 1, best[j][1] + info[i]["v"])
+                if cand > best[i]:
+                    best[i] = cand
+                    prev[i] = j
+    end = max(order, key=lambda i: best[i])
+    chain = []
+    node: int | None = end
+    while node is not None:
+        chain.append(node)
+        node = prev[node]
+    chain.reverse()
+    groups = [[i] for i in chain]
+    for i in order:
+        if i in chain:
+            continue
+        zi = info[i]["z"]
+        for g in groups:
+            j = g[0]
+            zj = info[j]["z"]
+            ov = min(zi[1], zj[1]) - max(zi[0], zj[0])
+            dxy = float(np.hypot(c[j][0] - c[i][0], c[j][1] - c[i][1]))
+            if (
+                ov > 0.5 * min(zi[1] - zi[0], zj[1] - zj[0])
+                and dxy <= 2.0 * COLUMN_TOL_MM
+                and (same_bone is None or same_bone(i, j))
+            ):
+                g.append(i)
+                break
+        else:
+            log.debug("body candidate at %s is off the column: dropped", np.round(c[i], 1))
+    return groups
 
 
 def _assign_vertebrae(bone_c: np.ndarray, edt: np.ndarray, pieces: np.ndarray, bodies: list[dict]) -> np.ndarray:
@@ -481,7 +565,10 @@ def segment_bone(
             details={"found": [], "bone_volume_mm3": float(bone.sum() * np.prod(sp_w))},
         )
     t = time.perf_counter()
-    vert_c = _assign_vertebrae(bone_c, edt_c, pieces, bodies)
+    # screws fill their pedicles: for the flood from the bodies metal counts as bone, so
+    # instrumented pedicles (not the facet joints) lead to the posterior elements
+    edt_a = ndi.distance_transform_edt(bone_c, sampling=sp_c).astype(np.float32)
+    vert_c = _assign_vertebrae(bone_c, edt_a, pieces, bodies)
     body_c = np.zeros_like(vert_c)
     for n, b in enumerate(bodies, start=1):
         body_c[np.isin(pieces, b["pieces"])] = n
@@ -506,7 +593,9 @@ def segment_bone(
     def k_to_lps(p_k: np.ndarray) -> np.ndarray:
         return canon.lps(((np.atleast_2d(p_k) + origin_w) * scale_w) + 0.5 * (scale_w - 1.0))
 
-    frames = lv.vertebra_frames(vert, body_seed, len(bodies), sp_w)
+    edt_w = ndi.distance_transform_edt(bone_k & ~metal_k, sampling=sp_w).astype(np.float32)
+    frames = lv.vertebra_frames(vert, body_seed, len(bodies), sp_w, edt_w)
+    del edt_w
     parts_k, part_info = lv.split_parts(vert, body_seed, frames, bone_k, hu_k, metal_k, sp_w)
     timings["parts"] = time.perf_counter() - t
 
@@ -546,7 +635,17 @@ def segment_bone(
         centres[nm] = k_to_lps(fr["centre_vox"])[0]
         axes[nm] = to_lps_axes @ fr["R"]
     heights = {nm: part_info[n]["heights"] for n, nm in enumerate(names) if nm is not None}
-    fractures, loss = lv.fractures_from_heights(heights, levels)
+    cut = set()
+    for n, nm in enumerate(names, start=1):
+        if nm is None:
+            continue
+        ob = ndi.find_objects((parts_k == n * 16 + lv.PART_CODES["body"]).astype(np.uint8))
+        if ob and ob[0] is not None:
+            lo = np.array([q.start for q in ob[0]]) + origin_w
+            hi = np.array([q.stop for q in ob[0]]) + origin_w
+            if np.any(lo <= 0) or np.any(hi >= np.array(bone.shape)):
+                cut.add(nm)
+    fractures, loss = lv.fractures_from_heights(heights, levels, cut)
     resections = lv.detect_resections(part_info, names)
     timings["findings"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
@@ -557,6 +656,7 @@ def segment_bone(
         "n_bodies": len(bodies),
         "levels_from": how,
         "height_loss": loss,
+        "cut_by_field_of_view": sorted(cut),
         "per_level": {nm: lv.jsonable(part_info[n]) for n, nm in enumerate(names) if nm is not None},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -44,6 +44,11 @@ PART_CODES: dict[str, int] = {
 #: vertebra's posterior axis (inside the pedicles' lateral edges, which lie at ~15-25 mm). [U]
 POSTERIOR_AXIS_HALF_WIDTH_MM: float = 12.0
 
+#: The body centre is the centroid of the seed voxels at least this fraction of the seed's
+#: maximum depth inside the bone (a lens in the middle of the body; ribs and processes are
+#: thinner). [U]
+CORE_FRACTION: float = 0.6
+
 #: Half width (mm) of the mid-sagittal strip used for the canal wall and the heights. [U]
 MIDLINE_HALF_WIDTH_MM: float = 4.0
 
@@ -89,7 +94,9 @@ def jsonable(d: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- frames
-def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) -> list[dict]:
+def vertebra_frames(
+    vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray, edt: np.ndarray | None = None
+) -> list[dict]:
     """Centre and axes per vertebra.
 
     Parameters
@@ -101,6 +108,11 @@ def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) 
     n : int
     sp : (3,) float
         Voxel size (mm) of the canonical work grid.
+    edt : (ni, nj, nk) float ndarray, optional
+        Distance to the nearest non-bone voxel (mm).  When given, the centre is the centroid
+        of the seed's core (distance >= :data:`CORE_FRACTION` of the seed's maximum): a
+        seed that swallowed rib or transverse-process bone (end vertebrae of the field of
+        view) keeps its centre in the body.
 
     Returns
     -------
@@ -111,6 +123,13 @@ def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) 
     idx = np.arange(1, n + 1)
     seed = np.where(vert == body, body, 0)
     cb = np.array(ndi.center_of_mass(seed > 0, seed, idx))
+    if edt is not None:
+        emax = np.zeros(n + 1)
+        emax[1:] = ndi.maximum(edt, seed, idx)
+        core = np.where(edt >= CORE_FRACTION * emax[seed], seed, 0)
+        cc = np.array(ndi.center_of_mass(core > 0, core, idx))
+        ok = np.all(np.isfinite(cc), axis=1)
+        cb[ok] = cc[ok]
     # posterior direction: centroid of the non-body bone near the midline (ribs and
     # transverse processes are left out: they are lateral and often asymmetric)
     cx = np.zeros(n + 1)
@@ -143,6 +162,47 @@ def vertebra_frames(vert: np.ndarray, body: np.ndarray, n: int, sp: np.ndarray) 
 
 
 # ----------------------------------------------------------------------------- parts
+#: The body reaches this far (mm) beyond the half widths measured on its central row
+#: (the row lies at mid depth where the body is widest; 1 mm for the bin edge). [U]
+BODY_SIDE_MARGIN_MM: float = 1.0
+
+#: ... and this far beyond the end plates measured on its central column (end plates are
+#: concave: the rim lies up to ~2 mm beyond the centre). [U]
+BODY_END_MARGIN_MM: float = 3.0
+
+#: A 1 mm bin of the mid-sagittal strip behind the body with fewer voxels than this
+#: fraction of the typical bin inside the body is the canal (tolerates a tilted frame and
+#: one-voxel bridges). [U]
+WALL_SPARSE_FRACTION: float = 0.2
+
+
+def _first_sparse(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
+    """First 1 mm bin from ``start`` upward holding < :data:`WALL_SPARSE_FRACTION` of the
+    median count of the bins in the 10 mm before ``start``."""
+    if vals.size == 0:
+        return None
+    bins = np.arange(start - 10.0, start + stop + step, step)
+    h, _ = np.histogram(vals, bins)
+    ref = float(np.median(h[:10]))
+    sparse = np.nonzero(h[10:] < max(1.0, WALL_SPARSE_FRACTION * ref))[0]
+    return float(bins[10 + sparse[0]]) if sparse.size else None
+
+
+def _connected_to_centre(sel: np.ndarray, ijk: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Keep the largest 6-connected component of the voxels ``sel`` (given as a mask over
+    the voxel list ``ijk`` of a box of ``shape``)."""
+    if not sel.any():
+        return sel
+    m = np.zeros(shape, bool)
+    m[tuple(a[sel] for a in ijk)] = True
+    lab, k = ndi.label(m)
+    if k <= 1:
+        return sel
+    big = int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+    keep = lab[ijk] == big
+    return sel & keep
+
+
 def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
     """First empty 1 mm bin of ``vals`` going from ``start`` upward (None if none before stop)."""
     if vals.size == 0:
@@ -198,13 +258,27 @@ def split_parts(
         u, v, w = loc[:, 0], loc[:, 1], loc[:, 2]
         seed = body_seed[ob][ijk] == n
         is_metal = metal[ob][ijk]
-        # body half height / half width from the seed
         if seed.sum() < 10:
             seed = np.abs(u) < 15
-        hw = float(np.percentile(np.abs(u[seed]), 98)) + 0.5
-        hh = float(np.percentile(np.abs(w[seed]), 99))
-        mid = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(w) < max(hh / 2.0, 3.0))
-        wall = _first_gap(v[mid], 0.0)
+        # body extent from the bone around the centre (not from the seed, which may hold
+        # rib or process bone): first gaps up/down the central column and left/right along
+        # the central row
+        col = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(v) < MIDLINE_HALF_WIDTH_MM)
+        up = _first_gap(w[col], 0.0) if col.any() else None
+        dn = _first_gap(-w[col], 0.0) if col.any() else None
+        hh_seed = float(np.percentile(np.abs(w[seed]), 99))
+        up = hh_seed if up is None else up
+        dn = hh_seed if dn is None else dn
+        hh = 0.5 * (up + dn)
+        row = (np.abs(v) < 3.0) & (w < 0.5 * up) & (w > -0.5 * dn)
+        hw_l = _first_gap(u[row], 0.0) if row.any() else None
+        hw_r = _first_gap(-u[row], 0.0) if row.any() else None
+        hw_seed = float(np.percentile(np.abs(u[seed]), 98)) + 0.5
+        hw_l = hw_seed if hw_l is None else hw_l
+        hw_r = hw_seed if hw_r is None else hw_r
+        hw = 0.5 * (hw_l + hw_r)
+        mid = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (w < 0.5 * up) & (w > -0.5 * dn)
+        wall = _first_sparse(v[mid], 0.0)
         if wall is None:
             wall = float(np.percentile(v[seed], 98))
         # canal depth: next bone behind the wall at the midline
@@ -212,11 +286,18 @@ def split_parts(
         canal_back = float(behind[0]) if behind.size else None
         canal_depth = (canal_back - wall) if canal_back is not None else 16.0
         canal_depth = float(np.clip(canal_depth, 8.0, 25.0))
-        body = (v <= wall - BODY_WALL_INSET_MM) & (np.abs(u) <= hw)
+        body = (
+            (v <= wall - BODY_WALL_INSET_MM)
+            & (u <= hw_l + BODY_SIDE_MARGIN_MM)
+            & (u >= -hw_r - BODY_SIDE_MARGIN_MM)
+            & (w <= up + BODY_END_MARGIN_MM)
+            & (w >= -dn - BODY_END_MARGIN_MM)
+        )
+        body = _connected_to_centre(body, ijk, sub.shape)
         # keep the body connected to its centre (drop rib-head bits touching the corner)
-        lat = np.abs(u) > hw + 3.0
+        lat = ((u > hw_l + 3.0) | (u < -hw_r - 3.0)) & ~body
         ant_lat = lat & (v < wall + 0.5 * canal_depth) & ~is_metal
-        ped = (v > wall) & (v <= wall + 0.5 * canal_depth) & (np.abs(u) <= hw) & ~body
+        ped = (v > wall) & (v <= wall + 0.5 * canal_depth) & (u <= hw_l) & (u >= -hw_r) & ~body
         code = np.full(u.shape, PART_CODES["posterior"], np.int32)
         code[ant_lat & (u > 0)] = PART_CODES["rib_left"]
         code[ant_lat & (u < 0)] = PART_CODES["rib_right"]
@@ -424,14 +505,28 @@ def genant_grade(loss: float) -> int:
     return int(np.searchsorted(np.array(GENANT_LIMITS), loss, side="right"))
 
 
-def fractures_from_heights(heights: dict[str, dict[str, float]], levels: list[str]) -> tuple[list[dict], dict[str, float]]:
+def fractures_from_heights(
+    heights: dict[str, dict[str, float]], levels: list[str], cut: set[str] | None = None
+) -> tuple[list[dict], dict[str, float]]:
     """Height loss per level against the neighbours' heights, and the fractured levels.
 
     The reference for each of the anterior / middle / posterior heights of level L is the
     median over up to two intact levels on each side of ``h(n) * E(L) / E(n)`` where E is
     the expected (morphometry) height: the patient's own scale, corrected for the normal
-    change of height along the spine.  Without neighbours the reference is the level's own
-    posterior height (wedge).  Loss = 1 - min(h / reference).
+    change of height along the spine.  Only levels with intact references both above and
+    below are compared with neighbours; the end levels of the column and levels in ``cut``
+    (touching the field of view) are judged on internal evidence only: anterior and middle
+    height against the posterior one, divided by the expected ratios.
+    Loss = 1 - min(ratio).
+
+    Parameters
+    ----------
+    heights : dict
+        Per level ``anterior_height_mm``, ``middle_height_mm``, ``posterior_height_mm``.
+    levels : list of str
+        Cranial to caudal.
+    cut : set of str, optional
+        Levels whose body touches the edge of the image.
 
     Returns
     -------
@@ -441,6 +536,7 @@ def fractures_from_heights(heights: dict[str, dict[str, float]], levels: list[st
         Height-loss fraction per level.
     """
     keys = ("anterior_height_mm", "middle_height_mm", "posterior_height_mm")
+    cut = cut or set()
     ok = [lv for lv in levels if all(k in heights.get(lv, {}) for k in keys) and lv != "S1"]
     exp = {lv: _expected(lv) for lv in ok}
     loss: dict[str, float] = {}
@@ -449,11 +545,19 @@ def fractures_from_heights(heights: dict[str, dict[str, float]], levels: list[st
         for lv in ok:
             i = levels.index(lv)
             nb = [levels[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(levels) and levels[j] in ok and levels[j] not in excluded]
+            above = any(levels.index(m) < i for m in nb)
+            below = any(levels.index(m) > i for m in nb)
             h = heights[lv]
-            if nb:
+            if above and below and lv not in cut:
                 ratios = [h[k] / np.median([heights[m][k] * exp[lv][k] / exp[m][k] for m in nb]) for k in keys]
             else:
-                ratios = [h["anterior_height_mm"] / h["posterior_height_mm"], h["middle_height_mm"] / h["posterior_height_mm"]]
+                # end of the column or cut by the field of view: internal evidence only
+                # (anterior / middle height against the posterior one, expected wedge removed)
+                e = exp[lv]
+                ratios = [
+                    (h["anterior_height_mm"] / h["posterior_height_mm"]) / (e["anterior_height_mm"] / e["posterior_height_mm"]),
+                    (h["middle_height_mm"] / h["posterior_height_mm"]) / (e["middle_height_mm"] / e["posterior_height_mm"]),
+                ]
             loss[lv] = float(max(0.0, 1.0 - min(ratios)))
         excluded = {lv for lv, x in loss.items() if x > REFERENCE_MAX_LOSS}
     fractures = []
