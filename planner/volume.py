@@ -57,10 +57,16 @@ class Provenance:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, code: str, message: str, **details: Any) -> CodedWarning:
-        """Record a coded warning and log it; returns the record."""
+        """Record a coded warning and log it; returns the record.
+
+        A warning identical to one already recorded (same code, message and details, as when
+        a step runs twice on the same image) is not recorded or logged again.
+        """
         import logging
 
         w = CodedWarning(code, message, details)
+        if w in self.warnings:
+            return w
         self.warnings.append(w)
         logging.getLogger("planner").warning("[%s] %s", code, message)
         return w

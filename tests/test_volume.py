@@ -119,3 +119,13 @@ def test_describe_is_json_ready(oblique):
     vol = Volume(np.zeros((2, 3, 4), np.float32), oblique(left_handed=True), "MR")
     d = json.loads(json.dumps(vol.describe()))
     assert d["shape"] == [2, 3, 4] and d["left_handed"] is True
+
+
+def test_identical_warnings_are_recorded_once():
+    from planner.volume import Provenance
+
+    p = Provenance()
+    p.warn("PLN-W-CT-001", "metal saturates", voxels=10)
+    p.warn("PLN-W-CT-001", "metal saturates", voxels=10)
+    p.warn("PLN-W-CT-001", "metal saturates", voxels=11)
+    assert [w.details["voxels"] for w in p.warnings] == [10, 11]
