@@ -99,3 +99,12 @@ def test_real_mr_with_imported_total_mr_labels(shared_data):
     assert seg.screws == []  # no hardware from MR unless asked for
     codes = {w.code for w in seg.warnings}
     assert "PLN-W-SEG-002" in codes
+
+
+def test_segment_does_not_change_its_input():
+    # a fresh case (not the cached one): clipped metal makes the hardware step warn
+    case = generate(get_preset("case_example").replace_imaging(spacing_mm=(2.0,) * 3))
+    assert case.image.provenance.warnings == []
+    seg = segment(case.image, anchor="S1", soft_tissue=False)
+    assert any(w.code == "PLN-W-CT-001" for w in seg.warnings)
+    assert case.image.provenance.warnings == []

@@ -73,6 +73,9 @@ def segment(
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    # The steps record warnings in the image's provenance: give them a copy (same array, no
+    # pixel copy) so the caller's Volume is not changed by segmenting it.
+    image = image.with_array(image.array)
     prov = Provenance(
         source_files=list(image.provenance.source_files),
         series_uid=image.provenance.series_uid,
