@@ -235,3 +235,124 @@ def test_real_lumbar_ct(shared_data):
     print("\nreal lumbar CT:", res.levels, {k: round(v, 3) for k, v in dices.items()})
     assert res.levels == ["L2", "L3", "L4"]
     assert min(dices.values()) >= 0.85
+
+
+# ----------------------------------------------------------------------------- robustness
+# Imaging conditions of ``benchmarks/bench_segment.py`` beyond clean 1 mm scans.  The anchor
+# is the one a user gives (the lowest modelled level by name), the metal mask the hardware
+# step's, as in :func:`planner.segment.pipeline.segment`.
+_CONDITIONS = {
+    "streaks": {"spacing_mm": (1.0, 1.0, 1.0), "streaks": True, "noise_hu": 25.0},
+    "1.5mm": {"spacing_mm": (1.5, 1.5, 1.5)},
+}
+
+
+@functools.cache
+def _case_in(name: str, condition: str):
+    from planner.phantom import generate, get_preset
+
+    return generate(get_preset(name).replace_imaging(**_CONDITIONS[condition]))
+
+
+@functools.cache
+def _run_in(name: str, condition: str) -> BoneResult:
+    from planner.segment.hardware import segment_hardware
+
+    case = _case_in(name, condition)
+    metal = segment_hardware(case.image)[4] > 0
+    return segment_bone(case.image, metal_mask=metal, anchor=list(case.scene.vertebrae)[-1])
+
+
+def _levels_and_dice(name: str, condition: str) -> tuple[list[str], dict[str, float]]:
+    """Levels whose ground-truth body is mostly labelled as that body, and the body Dice."""
+    case = _case_in(name, condition)
+    res = _run_in(name, condition)
+    ok, dice = [], {}
+    for lv in case.scene.vertebrae:
+        g = case.labels.array == label_id(f"{lv}_body")
+        s = res.labels == label_id(f"{lv}_body")
+        dice[lv] = float(2 * (g & s).sum() / (g.sum() + s.sum()))
+        vals, cnt = np.unique(res.labels[g], return_counts=True)
+        keep = vals > 0
+        if keep.any() and vals[keep][np.argmax(cnt[keep])] == label_id(f"{lv}_body"):
+            ok.append(lv)
+    print(f"\n{name} {condition}: levels {res.levels}; Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    return ok, dice
+
+
+@pytest.mark.parametrize(
+    ("name", "condition"),
+    [
+        ("case_example", "streaks"),
+        ("case_example", "1.5mm"),
+        ("osteoporotic_no_hardware", "1.5mm"),
+        ("t11_l3_laminectomy", "1.5mm"),
+        pytest.param(
+            "midthoracic_costovertebral",
+            "1.5mm",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured: 6 bodies, T4-T9 named, T3/T4 bodies labelled T4/T5 (T4 and T5 fused into one "
+                "watershed piece: the 1-voxel thickening before the 3-D fill bridges the ~3 mm thoracic discs at "
+                "1.5 mm voxels; without it the lumbar shells leak and the sacrum is lost)",
+            ),
+        ),
+    ],
+)
+def test_levels_with_anchor_robust(name, condition):
+    """Streak artefacts + 25 HU noise at 1 mm, and 1.5 mm voxels: levels right with the anchor."""
+    case = _case_in(name, condition)
+    res = _run_in(name, condition)
+    ok, dice = _levels_and_dice(name, condition)
+    assert res.levels == list(case.scene.vertebrae)
+    assert ok == list(case.scene.vertebrae)
+    assert float(np.median(list(dice.values()))) >= 0.85
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: T6 laminectomy missed; false: T3 left vertebrectomy + rib-head resection, T5 laminectomy, "
+    "facetectomies and right pediclectomy, T6 right vertebrectomy and left pediclectomy, T7/T9 laminectomy, "
+    "T9 left pediclectomy (streaks move bone between the parts)",
+)
+def test_resections_with_streaks_midthoracic():
+    case = _case_in("midthoracic_costovertebral", "streaks")
+    res = _run_in("midthoracic_costovertebral", "streaks")
+    got = {(r["level"], r["kind"], r["side"]) for r in res.resections}
+    want = {(r["level"], r["kind"], r["side"]) for r in case.scene.findings["resections"]}
+    assert got == want
+
+
+def test_gap_bins_follow_voxel_size():
+    """Projected voxel centres of solid bone have no empty bin at 1.5 mm voxels."""
+    from planner.segment.levels import _bin_step, _first_gap
+
+    w = np.arange(-15.0, 15.1, 1.5)  # a 30 mm column of 1.5 mm voxels
+    step = _bin_step(np.array([0.0, 0.0, 1.0]), np.array([1.5, 1.5, 1.5]))
+    assert step >= 1.5
+    assert _first_gap(w, 0.0, step) > 14.0
+    assert _bin_step(np.array([0.0, 0.0, 1.0]), np.array([0.8, 0.8, 1.0])) == 1.0
+
+
+def test_body_cut_by_field_of_view_is_filled():
+    """A cortical shell cut open by the last slice is still filled (capped 3-D fill)."""
+    from planner.segment.bone import bone_mask
+
+    hu = np.full((40, 40, 30), 40.0, np.float32)
+    hu[10:30, 10:30, :20] = 600.0
+    hu[12:28, 12:28, :18] = 80.0  # cancellous interior, open towards slice 0
+    m = bone_mask(hu, None, 250.0, np.ones(3))
+    assert m[15:25, 15:25, :15].all()
+
+
+def test_shell_with_posterior_slot_is_filled():
+    """A shell with a full-height slot in one wall is filled by the slice-wise votes."""
+    from planner.segment.bone import bone_mask
+
+    hu = np.full((50, 50, 50), 40.0, np.float32)
+    hu[10:40, 10:40, 10:40] = 600.0
+    hu[12:38, 12:38, 12:38] = 80.0
+    hu[23:27, 38:40, 12:38] = 80.0  # 4-voxel slot through the posterior wall, all heights
+    m = bone_mask(hu, None, 250.0, np.ones(3))
+    # filled beside the slot (the slot's own sagittal slices are open in two planes)
+    assert m[15:21, 15:35, 15:35].all() and m[29:35, 15:35, 15:35].all()

@@ -8,11 +8,14 @@ Pipeline of :func:`segment_bone` (all steps vectorised with :mod:`scipy.ndimage`
 2. **Bone mask.**  Cortical bone = HU above a threshold taken from the data
    (:func:`cortical_threshold`), metal voxels are added (shape only), the thin cortical
    shell is thickened by one voxel, closed shells are filled in 3-D (the cancellous interior,
-   even osteoporotic bone at ~60 HU) and the thickening is undone.
+   even osteoporotic bone at ~60 HU; the image's cranial and caudal faces count as closed, so
+   a body cut by the field of view is filled too) and the thickening is undone.  Voxels
+   enclosed in two of the three orthogonal slice planes are added: one gap in a shell (thin
+   concave posterior wall at 1.5 mm voxels, a dark streak) would leave a body hollow.
 3. **Vertebra separation** on a coarse grid (:data:`COARSE_SPACING_MM`): a marker
    watershed of the negative distance map splits the bone at its necks (pedicles, joints,
    discs); pieces that are thick (distance-map maximum) and not shadowed by bone in front
-   of them are vertebral bodies.  A second watershed from the bodies gives each vertebra
+   of them (compared by their cores, the voxels deep inside the piece) are vertebral bodies.  A second watershed from the bodies gives each vertebra
    its posterior elements and ribs.
 4. **Levels** (:mod:`planner.segment.levels`): counting from an anchor, or from the anatomy
    (sacrum at the bottom, last rib-bearing vertebra = T12).
@@ -246,6 +249,79 @@ def cortical_threshold(hu: np.ndarray) -> float:
     return float(np.clip(mode + CORTICAL_ABOVE_SOFT_HU, *CORTICAL_HU_BOUNDS))
 
 
+def _fill_holes_capped(mask: np.ndarray) -> np.ndarray:
+    """3-D hole filling with the cranial and caudal faces of the image closed.
+
+    A body cut by the field of view (first or last slices) is an open shell: its interior
+    touches the array border and :func:`scipy.ndimage.binary_fill_holes` leaves it hollow
+    (no thick piece, the body is lost).  Each end is capped by one extra slice holding the
+    2-D hole-filled end slice of ``mask``: the cut body is closed by its own cross-section
+    and nothing else changes (the caps are removed afterwards).
+
+    Parameters
+    ----------
+    mask : (ni, nj, nk) bool ndarray
+        Canonical axes (axis 2 cranio-caudal).
+
+    Returns
+    -------
+    (ni, nj, nk) bool ndarray
+    """
+    if mask.shape[2] < 2:
+        return ndi.binary_fill_holes(mask)
+    lo = ndi.binary_fill_holes(mask[:, :, 0])
+    hi = ndi.binary_fill_holes(mask[:, :, -1])
+    capped = np.concatenate([lo[:, :, None], mask, hi[:, :, None]], axis=2)
+    return ndi.binary_fill_holes(capped)[:, :, 1:-1]
+
+
+def _fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill the holes of every 2-D slice of ``mask`` normal to ``axis`` (4-connected
+    background; a slice's background touching the slice's edge is outside)."""
+    st = ndi.generate_binary_structure(3, 1)
+    sl = [slice(None)] * 3
+    sl[axis] = 0
+    st[tuple(sl)] = False
+    sl[axis] = 2
+    st[tuple(sl)] = False
+    lab, n = ndi.label(~mask, st)
+    if n == 0:
+        return mask.copy()
+    edge = np.zeros(n + 1, bool)
+    for a in range(3):
+        if a == axis:
+            continue
+        for k in (0, -1):
+            edge[np.unique(np.take(lab, k, axis=a))] = True
+    edge[0] = True
+    return mask | ~edge[lab]
+
+
+def _fill_holes_voted(mask: np.ndarray) -> np.ndarray:
+    """Voxels enclosed by ``mask`` in at least two of the three orthogonal slice planes.
+
+    The 3-D fill is all or nothing: one gap in a body's shell (a thin concave posterior
+    wall below the threshold at 1.5 mm voxels, a dark streak across the cortex) connects
+    its interior to the canal and the body stays hollow.  A body's interior is enclosed in
+    most coronal and sagittal slices even then, while the canal is enclosed only in axial
+    slices (it is open to the foramina in coronal and to the discs in sagittal slices) and
+    the space between bodies in none (the discs reach the outside).
+
+    Parameters
+    ----------
+    mask : (ni, nj, nk) bool ndarray
+
+    Returns
+    -------
+    (ni, nj, nk) bool ndarray
+        ``mask`` plus the voxels enclosed in >= 2 planes.
+    """
+    votes = np.zeros(mask.shape, np.uint8)
+    for axis in range(3):
+        votes += _fill_holes_2d(mask, axis) & ~mask
+    return mask | (votes >= 2)
+
+
 def bone_mask(hu: np.ndarray, metal: np.ndarray | None, threshold: float, spacing: np.ndarray) -> np.ndarray:
     """Filled bone mask (cortex + enclosed cancellous interior, metal counted as bone).
 
@@ -265,14 +341,19 @@ def bone_mask(hu: np.ndarray, metal: np.ndarray | None, threshold: float, spacin
     hard = hu >= threshold
     if metal is not None:
         hard |= metal
-    cube = np.ones((3, 3, 3), bool)
     # A 1-voxel cortical shell is only 26-connected: thicken before filling so the
     # (6-connected) background cannot leak through it, then undo the thickening.
-    filled = ndi.binary_fill_holes(ndi.binary_dilation(hard, cube))
-    bone = ndi.binary_erosion(filled, cube) | hard
+    cube = np.ones((3, 3, 3), bool)
+    filled = _fill_holes_capped(ndi.binary_dilation(hard, cube))
+    # Plus what the slices enclose (a gap in the 3-D shell empties the whole body).  The
+    # slice-wise fill needs no thickening (a 2-D ring is closed for the 4-connected
+    # background when 8-connected) and must not have it: thickened end plates of thin
+    # thoracic discs touch and would enclose the disc.
+    # (border_value=1: the image's edge is not a bone surface; a cut body keeps its end slices)
+    bone = ndi.binary_erosion(filled, cube, border_value=1) | _fill_holes_voted(hard)
     # peel the partial-volume rim: surface voxels below the surface threshold are mostly
     # soft tissue (the true edge of a cortex lies at half its contrast)
-    rim = bone & ~ndi.binary_erosion(bone)
+    rim = bone & ~ndi.binary_erosion(bone, border_value=1)
     bone &= ~(rim & (hu < threshold + SURFACE_ABOVE_CORTICAL_HU))
     if metal is not None:
         bone |= metal
@@ -321,21 +402,38 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
     objs = ndi.find_objects(pieces)
     zr = {i: ((objs[i - 1][2].start) * sp_c[2], (objs[i - 1][2].stop) * sp_c[2]) for i in cand}
     info = {i: {"c": cen[i - 1], "v": vol[i - 1], "e": emax[i - 1], "z": zr[i]} for i in cand}
-    # posterior elements are "shadowed": thick bone lies in front of them at the same height
+    # cores: voxels at least CORE_FRACTION of the piece's maximum depth inside the bone
+    # (the middle of a body; appendages such as the sacrum's posterior elements or rib bits
+    # do not move the core's position and height)
+    core = np.where(edt >= CORE_FRACTION * np.append(0.0, emax)[pieces], pieces, 0)
+    core = np.where(np.isin(core, cand), core, 0)
+    cc = np.array(ndi.center_of_mass(core > 0, core, cand)) * sp_c
+    cobjs = ndi.find_objects(core)
+    for i, p in zip(cand, cc):
+        if np.all(np.isfinite(p)) and i - 1 < len(cobjs) and cobjs[i - 1] is not None:
+            info[i]["core"] = p
+            zs = cobjs[i - 1][2]
+            info[i]["core_z"] = (zs.start * sp_c[2], zs.stop * sp_c[2])
+    # posterior elements are "shadowed": thick bone lies in front of them at the same height.
+    # Positions and heights are the cores': with whole pieces a sacrum whose piece reaches
+    # up behind L5 (its posterior elements) was shadowed by L5 once streaks moved the
+    # piece boundaries by a few voxels.
     bodies = []
     for i in cand:
         ci = info[i]
+        pi, zi = ci.get("core", ci["c"]), ci.get("core_z", ci["z"])
         shadowed = False
         for j in cand:
             if j == i:
                 continue
             cj = info[j]
-            dy = ci["c"][1] - cj["c"][1]  # > 0: j is anterior of i
-            ov = min(ci["z"][1], cj["z"][1]) - max(ci["z"][0], cj["z"][0])
+            pj, zj = cj.get("core", cj["c"]), cj.get("core_z", cj["z"])
+            dy = pi[1] - pj[1]  # > 0: j is anterior of i
+            ov = min(zi[1], zj[1]) - max(zi[0], zj[0])
             if (
                 SHADOW_AP_MM[0] < dy < SHADOW_AP_MM[1]
-                and abs(ci["c"][0] - cj["c"][0]) < SHADOW_LR_MM
-                and ov > 0.3 * (ci["z"][1] - ci["z"][0])
+                and abs(pi[0] - pj[0]) < SHADOW_LR_MM
+                and ov > 0.3 * (zi[1] - zi[0])
                 and cj["v"] > 0.5 * ci["v"]
             ):
                 shadowed = True
@@ -349,12 +447,6 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
         w = np.array([info[i]["v"] for i in bodies])
         x0 = float(np.median(np.repeat(xs, np.maximum(1, (w / w.min()).astype(int)))))
         bodies = [i for i in bodies if abs(info[i]["c"][0] - x0) < 30.0]
-    if bodies:
-        core = np.where(edt >= CORE_FRACTION * np.append(0.0, emax)[pieces], pieces, 0)
-        cc = np.array(ndi.center_of_mass(core > 0, core, bodies)) * sp_c
-        for i, p in zip(bodies, cc):
-            if np.all(np.isfinite(p)):
-                info[i]["core"] = p
 
     def same_bone(i: int, j: int) -> bool:
         # two pieces of one bone touch with a thick saddle (two bodies are separated by a

@@ -52,8 +52,9 @@ CORE_FRACTION: float = 0.6
 #: Half width (mm) of the mid-sagittal strip used for the canal wall and the heights. [U]
 MIDLINE_HALF_WIDTH_MM: float = 4.0
 
-#: The body ends this far (mm) in front of the first empty 1 mm bin behind the posterior
-#: wall (the bin edge lies up to 1 mm behind the wall's last bone voxel). [U]
+#: The body ends this far (mm) in front of the first sparse bin (1 mm, or a voxel on
+#: coarser grids) behind the posterior wall (the bin edge lies up to 1 mm behind the
+#: wall's last bone voxel). [U]
 BODY_WALL_INSET_MM: float = 1.0
 
 #: Heights are measured this far (mm) inside the anterior / posterior body wall. [U]
@@ -170,22 +171,37 @@ BODY_SIDE_MARGIN_MM: float = 1.0
 #: concave: the rim lies up to ~2 mm beyond the centre). [U]
 BODY_END_MARGIN_MM: float = 3.0
 
-#: A 1 mm bin of the mid-sagittal strip behind the body with fewer voxels than this
-#: fraction of the typical bin inside the body is the canal (tolerates a tilted frame and
-#: one-voxel bridges). [U]
+#: A bin (1 mm, or a voxel on coarser grids) of the mid-sagittal strip behind the body
+#: with fewer voxels than this fraction of the typical bin inside the body is the canal
+#: (tolerates a tilted frame and one-voxel bridges). [U]
 WALL_SPARSE_FRACTION: float = 0.2
 
 
+def _bin_step(direction: np.ndarray, sp: np.ndarray) -> float:
+    """Histogram bin width (mm) for voxel positions projected on ``direction``.
+
+    Voxel centres projected on a unit direction ``d`` lie ``|d_a| * sp_a`` apart along grid
+    axis ``a``: bins narrower than the largest of these are empty inside solid bone on a
+    coarse grid (1 mm bins at 1.5 mm voxels: every third bin), and "first empty bin" would
+    stop in the middle of the body.  The bins are therefore at least that wide (1 % margin
+    for rounding) and never narrower than 1 mm (the width tuned on 1 mm grids).
+    """
+    m = float(np.max(np.abs(np.asarray(direction, float)) * np.asarray(sp, float)))
+    return 1.01 * m if m > 1.0 else 1.0
+
+
 def _first_sparse(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
-    """First 1 mm bin from ``start`` upward holding < :data:`WALL_SPARSE_FRACTION` of the
-    median count of the bins in the 10 mm before ``start``."""
+    """First bin of width ``step`` (mm) from ``start`` upward holding
+    < :data:`WALL_SPARSE_FRACTION` of the median count of the bins in the ~10 mm before
+    ``start``."""
     if vals.size == 0:
         return None
-    bins = np.arange(start - 10.0, start + stop + step, step)
+    nref = max(3, int(round(10.0 / step)))
+    bins = start + step * np.arange(-nref, int(np.ceil(stop / step)) + 2)
     h, _ = np.histogram(vals, bins)
-    ref = float(np.median(h[:10]))
-    sparse = np.nonzero(h[10:] < max(1.0, WALL_SPARSE_FRACTION * ref))[0]
-    return float(bins[10 + sparse[0]]) if sparse.size else None
+    ref = float(np.median(h[:nref]))
+    sparse = np.nonzero(h[nref:] < max(1.0, WALL_SPARSE_FRACTION * ref))[0]
+    return float(bins[nref + sparse[0]]) if sparse.size else None
 
 
 def _connected_to_centre(sel: np.ndarray, ijk: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> np.ndarray:
@@ -204,7 +220,8 @@ def _connected_to_centre(sel: np.ndarray, ijk: tuple[np.ndarray, ...], shape: tu
 
 
 def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
-    """First empty 1 mm bin of ``vals`` going from ``start`` upward (None if none before stop)."""
+    """First empty bin (width ``step`` mm) of ``vals`` going from ``start`` upward (None if
+    none before ``stop``)."""
     if vals.size == 0:
         return None
     bins = np.arange(start, start + stop + step, step)
@@ -264,21 +281,23 @@ def split_parts(
         # rib or process bone): first gaps up/down the central column and left/right along
         # the central row
         col = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(v) < MIDLINE_HALF_WIDTH_MM)
-        up = _first_gap(w[col], 0.0) if col.any() else None
-        dn = _first_gap(-w[col], 0.0) if col.any() else None
+        # bins at least as wide as the voxels seen along each axis (coarse scans)
+        st_u, st_v, st_w = (_bin_step(fr["R"][:, k], sp) for k in range(3))
+        up = _first_gap(w[col], 0.0, st_w) if col.any() else None
+        dn = _first_gap(-w[col], 0.0, st_w) if col.any() else None
         hh_seed = float(np.percentile(np.abs(w[seed]), 99))
         up = hh_seed if up is None else up
         dn = hh_seed if dn is None else dn
         hh = 0.5 * (up + dn)
         row = (np.abs(v) < 3.0) & (w < 0.5 * up) & (w > -0.5 * dn)
-        hw_l = _first_gap(u[row], 0.0) if row.any() else None
-        hw_r = _first_gap(-u[row], 0.0) if row.any() else None
+        hw_l = _first_gap(u[row], 0.0, st_u) if row.any() else None
+        hw_r = _first_gap(-u[row], 0.0, st_u) if row.any() else None
         hw_seed = float(np.percentile(np.abs(u[seed]), 98)) + 0.5
         hw_l = hw_seed if hw_l is None else hw_l
         hw_r = hw_seed if hw_r is None else hw_r
         hw = 0.5 * (hw_l + hw_r)
         mid = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (w < 0.5 * up) & (w > -0.5 * dn)
-        wall = _first_sparse(v[mid], 0.0)
+        wall = _first_sparse(v[mid], 0.0, st_v)
         if wall is None:
             wall = float(np.percentile(v[seed], 98))
         # canal depth: next bone behind the wall at the midline
