@@ -51,6 +51,11 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SEG-003": "segmentation input is not a CT or MR image",
     "PLN-SEG-004": "classical bone segmentation needs CT; MR needs imported labels",
     "PLN-SEG-005": "MR hardware: no body outline found in the image",
+    "PLN-SOL-001": "requested level is not in the scene",
+    "PLN-SOL-002": "invalid solver option",
+    "PLN-SOL-003": "scene input cannot be used (missing labels, summary or case file)",
+    "PLN-SOL-004": "trajectory is malformed (entry equals target, wrong shape, not finite)",
+    "PLN-SOL-005": "plan file fails its schema",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
@@ -76,6 +81,9 @@ WARNING_CODES: dict[str, str] = {
     "PLN-W-IMP-001": "whole-vertebra label used as the vertebral body until split",
     "PLN-W-IMP-002": "vertebra levels unknown (one-class map, no anchor)",
     "PLN-W-IMP-003": "external label classes without a registry counterpart left out",
+    "PLN-W-SOL-001": "structure class absent from the scene; its constraint cannot be checked",
+    "PLN-W-SOL-002": "target level has a resection or missing part; landmarks estimated",
+    "PLN-W-SOL-003": "no safe route at a requested level",
 }
 
 
@@ -133,6 +141,12 @@ class LabelError(PlannerError):
     """An unknown label name or id."""
 
     code = "PLN-LBL-001"
+
+
+class SolverError(PlannerError):
+    """The solver cannot run as asked (unknown level, bad option, bad trajectory)."""
+
+    code = "PLN-SOL-002"
 
 
 class MissingDependencyError(PlannerError, ImportError):

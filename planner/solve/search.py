@@ -1,0 +1,246 @@
+"""Stage 1 of the solver: dense, vectorised evaluation of straight candidate trajectories.
+
+A candidate is a target point ``T`` inside the body and a unit direction ``d`` pointing from
+the target toward the skin; the needle axis is ``x(t) = T + t d`` for ``0 <= t <= t_skin``.
+For a whole array of candidates at once (no per-candidate Python loop) this module finds
+
+* ``t_body``: where the axis leaves the target body (sphere tracing its signed distance),
+* ``t_skin``: where it leaves the body outline, and on the way the smallest value of the
+  obstacle field ``F`` (``min_c d_c - margin_c``) with the structure that attains it,
+* the route: *transpedicular* when the axis runs ``pedicle_min_inside_mm`` inside the pedicle
+  of its side behind the body entry; otherwise *parapedicular*, *superior extrapedicular* or
+  *inferior extrapedicular* by where it enters the body relative to the pedicle's band,
+* the scalar checks: depth against the usable length, tilt and cranio-caudal angle, the
+  axis leaving the body once (no exit through the lateral cortex and re-entry).
+
+Sphere tracing is conservative for a 1-Lipschitz field: a step of ``F(x) - r`` cannot
+jump over a point where ``F < r``; below ``r`` it advances by ``step_min_mm``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.solve.config import SolverOptions
+from planner.solve.scene import LevelFields, LevelGeometry
+
+ROUTES: tuple[str, ...] = ("transpedicular", "parapedicular", "extrapedicular_superior", "extrapedicular_inferior")
+
+#: Working cannulas (kyphoplasty, curved needle) stop this far inside the body, past the
+#: posterior wall (mm) [U]: "access cannula to the posterior third of the body"
+#: (instruments.md 2, SpineJack row [S]).
+CANNULA_IN_BODY_MM = 5.0
+
+#: Bits of the ``fail`` mask (stage 1).
+FAIL_BITS: dict[str, int] = {
+    "obstacle": 1,  # F below the needle radius somewhere along the axis
+    "depth": 2,  # skin-to-target depth beyond the usable length
+    "tilt": 4,  # angle from vertical beyond max_tilt_deg
+    "craniocaudal": 8,  # cranio-caudal angle beyond max_craniocaudal_deg
+    "reentry": 16,  # axis leaves the target body and re-enters it
+    "no_skin": 32,  # no skin exit within reach (field box edge)
+    "wrong_side": 64,  # enters the body on the other side of the midline
+}
+
+
+@dataclass
+class Candidates:
+    """Arrays over n candidates (all LPS mm / degrees)."""
+
+    target: np.ndarray  # (n, 3)
+    direction: np.ndarray  # (n, 3) target -> skin
+    side: np.ndarray  # (n,) 0 left, 1 right
+    t_body: np.ndarray
+    t_skin: np.ndarray
+    f_min: np.ndarray  # smallest obstacle field value along the axis (mm)
+    f_id: np.ndarray  # structure id at that point
+    f_t: np.ndarray  # where (t)
+    route: np.ndarray  # index into ROUTES
+    pedicle_mm: np.ndarray  # axis length inside the pedicle of its side
+    tilt_deg: np.ndarray
+    cc_deg: np.ndarray
+    fail: np.ndarray  # bit mask (radius-independent checks + obstacle at the trace radius)
+
+    def __len__(self) -> int:
+        return len(self.t_skin)
+
+    def take(self, idx: np.ndarray) -> Candidates:
+        return Candidates(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+
+    @property
+    def skin_entry(self) -> np.ndarray:
+        return self.target + self.t_skin[:, None] * self.direction
+
+    @property
+    def body_entry(self) -> np.ndarray:
+        return self.target + self.t_body[:, None] * self.direction
+
+
+def targets(geo: LevelGeometry, fields: LevelFields, opt: SolverOptions) -> np.ndarray:
+    """Target points (m, 3) in the anterior and middle thirds, paramedian, mid height."""
+    nu, nv, nw = opt.target_grid
+    u = np.linspace(-opt.target_u_fraction, opt.target_u_fraction, nu) * geo.half[0]
+    v = np.linspace(*opt.target_v_range, nv) * geo.half[1]
+    w = np.linspace(-opt.target_w_fraction, opt.target_w_fraction, nw) * geo.half[2]
+    q = np.stack(np.meshgrid(u, v, w, indexing="ij"), -1).reshape(-1, 3)
+    p = geo.to_world(q)
+    inside = fields.local.sample(fields.body, p) <= -opt.target_margin_mm
+    ok = inside & (fields.grid.sample(fields.F, p) > 0.0)
+    return p[ok]
+
+
+def directions(geo: LevelGeometry, side: str, alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Unit directions (target -> skin) for every (alpha, beta) pair, LPS."""
+    s = 1.0 if side == "left" else -1.0
+    a = np.deg2rad(alphas)[:, None]
+    b = np.deg2rad(betas)[None, :]
+    ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
+    loc = np.stack(np.broadcast_arrays(s * sa * cb, ca * cb, sb), -1).reshape(-1, 3)
+    return loc @ geo.R.T
+
+
+def evaluate(
+    T: np.ndarray,
+    D: np.ndarray,
+    side: np.ndarray,
+    geo: LevelGeometry,
+    fields: LevelFields,
+    opt: SolverOptions,
+    radius: float,
+    max_length: float,
+    tol: float = 1.0,
+) -> Candidates:
+    """Stage-1 evaluation of candidates (target ``T`` (n,3), direction ``D`` (n,3)).
+
+    ``radius`` is the largest instrument radius to trace with (the trace is exact below
+    it up to ``step_min_mm`` sampling); ``f_min`` is reported so that smaller radii can be
+    decided without another trace.  ``max_length`` is the longest usable instrument length
+    (the depth check uses the shortest insertion any instrument needs: a kyphoplasty or
+    curved-needle cannula stops ``CANNULA_IN_BODY_MM`` inside the body).
+    """
+    n = len(T)
+    T = np.asarray(T, float)
+    D = np.asarray(D, float)
+    smin = float(opt.step_min_mm)
+    # 1. leave the target body
+    t_body = np.zeros(n)
+    active = np.arange(n)
+    for _ in range(200):
+        if not len(active):
+            break
+        p = T[active] + t_body[active, None] * D[active]
+        s = fields.local.sample(fields.body, p)
+        done = s >= 0.0
+        t_body[active] += np.where(done, 0.0, np.maximum(-s, 0.25))
+        active = active[~done]
+    # 2. the skin: sphere trace of the outline's signed distance from the body entry
+    grid = fields.grid
+    reach = float(max_length) + 10.0
+    t_skin = np.full(n, np.nan)
+    t = t_body.copy()
+    active = np.arange(n)
+    for _ in range(500):
+        if not len(active):
+            break
+        p = T[active] + t[active, None] * D[active]
+        g = grid.sample(fields.skin, p)
+        out = g >= 0.0
+        t_skin[active[out]] = t[active[out]]
+        t[active] += np.maximum(-g, smin)
+        gone = out | (t[active] > reach) | ~grid.inside(p, pad=-1.0)
+        active = active[~gone]
+    ts = np.nan_to_num(t_skin, nan=reach)
+    # 3. obstacles along [0, t_skin]; a candidate that clearly collides stops early (its
+    #    binding structure is the first one it hits going out from the target)
+    stop_below = radius - float(tol) - 1.0
+    t = np.zeros(n)
+    f_min = np.full(n, np.inf, np.float32)
+    f_t = np.zeros(n)
+    active = np.arange(n)
+    for _ in range(4000):
+        if not len(active):
+            break
+        p = T[active] + t[active, None] * D[active]
+        f = grid.sample(fields.F, p)
+        cur = f_min[active]
+        lower = f < cur
+        f_min[active] = np.where(lower, f, cur)
+        f_t[active] = np.where(lower, t[active], f_t[active])
+        t[active] += np.maximum(f - radius, smin)
+        gone = (t[active] > ts[active]) | (f < stop_below)
+        active = active[~gone]
+    fp = T + f_t[:, None] * D
+    f_id = grid.nearest(fields.ID, fp)
+    # 4. route: pedicle passage behind the body entry, then where the body is entered
+    k = np.arange(1.0, 25.0, 2.0)
+    pts = (T[:, None, :] + (t_body[:, None, None] + k[None, :, None]) * D[:, None, :]).reshape(-1, 3)
+    sides = np.unique(side)
+    own = np.empty((n, len(k)), np.float32)
+    for sd in sides:
+        sel = side == sd
+        m = np.repeat(sel, len(k))
+        own[sel] = fields.local.sample(fields.pedicle["left" if sd == 0 else "right"], pts[m]).reshape(-1, len(k))
+    pedicle_mm = 2.0 * (own < 0.0).sum(1).astype(float)  # 2 mm samples
+    body_after = fields.local.sample(fields.body, pts).reshape(n, -1)
+    reentry = (body_after < -0.5).any(1)
+    be = geo.to_local(T + t_body[:, None] * D)
+    sgn = np.where(side == 0, 1.0, -1.0)
+    route = np.full(n, 1, np.int8)
+    w_lo = np.array([geo.pedicles.get(s, {}).get("w_lo", -geo.half[2] / 3) for s in ("left", "right")])[side]
+    w_hi = np.array([geo.pedicles.get(s, {}).get("w_hi", geo.half[2] / 3) for s in ("left", "right")])[side]
+    route[be[:, 2] > w_hi] = 2
+    route[be[:, 2] < w_lo] = 3
+    route[pedicle_mm >= opt.pedicle_min_inside_mm] = 0
+    # 4. scalar checks
+    vertical = np.array([0.0, 1.0, 0.0])  # posterior: prone patient, C-arm vertical
+    tilt = np.degrees(np.arccos(np.clip(D @ vertical, -1, 1)))
+    cc = np.degrees(np.arcsin(np.clip(np.abs(D[:, 2]), 0, 1)))
+    fail = np.zeros(n, np.int16)
+    fail |= np.where(f_min < radius, 1, 0).astype(np.int16)
+    depth_ok = (np.nan_to_num(t_skin, nan=np.inf) - t_body + CANNULA_IN_BODY_MM) <= max_length - opt.skin_allowance_mm
+    fail |= np.where(~depth_ok, 2, 0).astype(np.int16)
+    fail |= np.where(tilt > opt.max_tilt_deg, 4, 0).astype(np.int16)
+    fail |= np.where(cc > opt.max_craniocaudal_deg, 8, 0).astype(np.int16)
+    fail |= np.where(reentry, 16, 0).astype(np.int16)
+    fail |= np.where(np.isnan(t_skin), 32, 0).astype(np.int16)
+    fail |= np.where(sgn * be[:, 0] < -2.0, 64, 0).astype(np.int16)
+    return Candidates(
+        target=T,
+        direction=D,
+        side=np.asarray(side, np.int8),
+        t_body=t_body,
+        t_skin=np.nan_to_num(t_skin, nan=np.inf),
+        f_min=f_min.astype(float),
+        f_id=f_id,
+        f_t=f_t,
+        route=route,
+        pedicle_mm=pedicle_mm,
+        tilt_deg=tilt,
+        cc_deg=cc,
+        fail=fail,
+    )
+
+
+def search_side(
+    geo: LevelGeometry,
+    fields: LevelFields,
+    side: str,
+    opt: SolverOptions,
+    radius: float,
+    max_length: float,
+    step_deg: float | None = None,
+    tgt: np.ndarray | None = None,
+) -> Candidates:
+    """All (target, direction) pairs of one side on the angle grid, evaluated."""
+    step = float(step_deg or opt.coarse_step_deg)
+    al = np.arange(opt.alpha_range_deg[0], opt.alpha_range_deg[1] + 1e-9, step)
+    be = np.arange(opt.beta_range_deg[0], opt.beta_range_deg[1] + 1e-9, step)
+    dirs = directions(geo, side, al, be)
+    if tgt is None:
+        tgt = targets(geo, fields, opt)
+    T = np.repeat(tgt, len(dirs), axis=0)
+    D = np.tile(dirs, (len(tgt), 1))
+    sd = np.full(len(T), 0 if side == "left" else 1, np.int8)
+    return evaluate(T, D, sd, geo, fields, opt, radius, max_length, tol=max(opt.field_tolerance_mm, 0.87 * float(fields.grid.spacing.max())))
