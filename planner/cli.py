@@ -6,10 +6,12 @@ demo      generate the case-example phantom, write CT, labels, DICOM, meshes and
 phantom   generate a phantom from a preset or a spec JSON
 render    render a case folder (or a phantom preset) to PNG off-screen
 segment   CT/MR -> labelled vertebrae, canal, soft tissue and fitted screws/rods (JSON summary)
+plan      needle trajectories per level: routes, exact clearances, reasons, recommendation
 convert   read any supported image (DICOM folder, NIfTI, NRRD, MHA) and write another format
 info      versions, presets, label names, tissues, error and warning codes (``--json``)
 
-Exit codes: 0 success; 2 usage error; 3 a typed planner error (code printed); 1 other failure.
+Exit codes: 0 success; 2 usage error; 3 a typed planner error (code printed); 1 other failure;
+4 ``planner plan`` wrote a valid plan in which at least one level has no safe route.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_PLANNER_ERROR = 3
+EXIT_NO_SAFE_ROUTE = 4
 
 
 def _add_imaging_args(p: argparse.ArgumentParser) -> None:
@@ -171,6 +174,32 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from planner.solve.api import plan_input
+
+    result, path = plan_input(
+        args.input, args.output, levels=args.levels, options_file=args.options, anchor=args.anchor,
+        procedure=args.procedure,
+    )
+    summary = {
+        "output": str(path),
+        "levels": {
+            lv["level"]: (
+                f"{lv['recommendation']['procedure']} {lv['recommendation']['access']} "
+                f"({lv['recommendation']['side']} {lv['recommendation']['route']})"
+                if lv["recommendation"]["safe_route_found"]
+                else "NO SAFE ROUTE: " + "; ".join(
+                    f"{r['side']} {r['route']}: {r.get('reason', r['status'])}" for r in lv["routes"] if r["status"] != "feasible"
+                )
+            )
+            for lv in result["levels"]
+        },
+        "total_s": result["run"]["total_s"],
+    }
+    _report(args, summary)
+    return EXIT_NO_SAFE_ROUTE if result["summary"]["levels_without_safe_route"] else EXIT_OK
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from planner.io import read_volume, write_dicom_series, write_volume
 
@@ -274,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--no-meshes", action="store_true")
     sg.add_argument("--json", action="store_true")
     sg.set_defaults(func=cmd_segment)
+
+    pl = sub.add_parser("plan", help="plan needle trajectories for levels (exit 4: a level has no safe route)")
+    pl.add_argument("-i", "--input", required=True,
+                    help="phantom case folder, 'planner segment' output folder, or an image (segmented first)")
+    pl.add_argument("-o", "--output", required=True, help="output folder (plan.json)")
+    pl.add_argument("--levels", nargs="+", required=True, metavar="LEVEL", help="target levels, e.g. L3 L4 L5")
+    pl.add_argument("--options", help="JSON file of solver options (margins, weights, limits; see docs)")
+    pl.add_argument("--procedure", choices=("auto", "kyphoplasty", "vertebroplasty_curved", "vertebroplasty_straight"))
+    pl.add_argument("--anchor", help="level anchor when an image has to be segmented first")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("convert", help="convert between DICOM/NIfTI/NRRD/MHA (LPS kept)")
     c.add_argument("-i", "--input", required=True)

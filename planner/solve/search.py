@@ -121,8 +121,11 @@ def evaluate(
     curved-needle cannula stops ``CANNULA_IN_BODY_MM`` inside the body).
     """
     n = len(T)
-    T = np.asarray(T, float)
-    D = np.asarray(D, float)
+    T = np.asarray(T, float).reshape(-1, 3)
+    D = np.asarray(D, float).reshape(-1, 3)
+    if n == 0:
+        z = np.zeros(0)
+        return Candidates(T, D, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int32), z, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int16))
     smin = float(opt.step_min_mm)
     # 1. leave the target body
     t_body = np.zeros(n)

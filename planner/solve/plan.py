@@ -1,0 +1,567 @@
+"""Planning: search, refine, check exactly, score, explain and recommend, per level.
+
+Flow for one target level (:func:`plan_level`):
+
+1. fields of the level (:meth:`planner.solve.scene.Scene.fields`);
+2. coarse stage-1 search per side (:func:`planner.solve.search.search_side`), traced with
+   the widest instrument (the kyphoplasty cannula), so every narrower one is decided from
+   the same trace;
+3. refinement around the best candidates of every (side, route): finer angles, nudged
+   targets;
+4. a shortlist per (side, route) goes to the **exact check**
+   (:func:`exact_clearances`: segment-to-mesh distances against the scene's meshes,
+   segment-to-solid distances against each screw, tulip, rod and cross-link); only exactly
+   checked candidates can be marked feasible, and every clearance in the plan is exact;
+5. metrics, scores, verdicts per instrument, route explanations and the recommendation.
+
+The plan is plain JSON-ready data (:mod:`planner.solve.schema` documents and validates it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from planner.errors import SolverError
+from planner.instruments import get_instrument
+from planner.solve import search
+from planner.solve.config import OBSTACLE_CLASSES, SolverOptions
+from planner.solve.scene import HARDWARE_ID0, LevelFields, LevelGeometry, Scene, display_name, structure_class
+from planner.solve.search import CANNULA_IN_BODY_MM, ROUTES, Candidates
+
+log = logging.getLogger(__name__)
+
+PLAN_SCHEMA_VERSION = "1.0"
+#: Needle lengths on the market, mm (instruments.md 1b [U]/[V] abs).
+from planner.instruments import NEEDLE_LENGTHS_MM  # noqa: E402
+
+EXACT_CULL_MM = 25.0
+
+
+def _r(x: float, nd: int = 2) -> float | None:
+    x = float(x)
+    return round(x, nd) if np.isfinite(x) else None
+
+
+def _pt(p: np.ndarray) -> list[float]:
+    return [round(float(v), 3) for v in p]
+
+
+# ---------------------------------------------------------------------------- exact check
+def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Exact axis clearance (mm, axis to structure surface; negative = the axis is inside)
+    of segments ``p0``-``p1`` (n, 3) per obstacle class, with the closest structure's name.
+
+    Anatomy: exact segment-to-mesh distances (:class:`planner.solve.exact.MeshDistance`) to
+    each structure of the class near the segments.  Implants: exact segment-to-cylinder /
+    capsule distances to each solid.  Classes with no structure get ``+inf``.
+    """
+    from planner.solve import exact
+
+    p0 = np.atleast_2d(np.asarray(p0, float))
+    p1 = np.atleast_2d(np.asarray(p1, float))
+    n = len(p0)
+    out = {c: (np.full(n, np.inf), [""] * n) for c in OBSTACLE_CLASSES}
+    lo = np.minimum(p0, p1).min(0) - EXACT_CULL_MM
+    hi = np.maximum(p0, p1).max(0) + EXACT_CULL_MM
+
+    def update(cls: str, d: np.ndarray, name: str) -> None:
+        cur, names = out[cls]
+        better = d < cur
+        cur[better] = d[better]
+        for i in np.flatnonzero(better):
+            names[i] = name
+
+    cache = scene.__dict__.setdefault("_mesh_distance", {})
+    for name in scene.present_names:
+        cls = structure_class(name, level)
+        if cls is None or cls == "hardware":
+            continue
+        mesh = scene.mesh(name)
+        if mesh is None or len(mesh.faces) == 0:
+            continue
+        b = mesh.bounds
+        if np.any(b[0] > hi) or np.any(b[1] < lo):
+            continue
+        md = cache.get(name)
+        if md is None:
+            md = cache[name] = exact.MeshDistance(np.asarray(mesh.vertices, float), np.asarray(mesh.faces))
+        update(cls, md.segment_signed_clearance(p0, p1, max_distance=EXACT_CULL_MM + 5.0), name)
+    for s in scene.solids:
+        pts = s.points
+        if np.any(pts.min(0) - s.radius > hi) or np.any(pts.max(0) + s.radius < lo):
+            continue
+        if s.kind == "cylinder":
+            d = exact.segment_cylinder_distance(p0, p1, s.a, s.b, s.radius)
+        else:
+            d = exact.segment_polyline_capsules_distance(p0, p1, s.polyline, s.radius)
+        update("hardware", np.asarray(d, float), s.name)
+    return out
+
+
+# ---------------------------------------------------------------------------- helpers
+def _instruments(opt: SolverOptions) -> dict[str, Any]:
+    return {
+        "vertebroplasty_straight": get_instrument(opt.needle),
+        "kyphoplasty": get_instrument(opt.kyphoplasty),
+        "vertebroplasty_curved": get_instrument(opt.curved),
+    }
+
+
+def _radius(kind: str, ins: dict[str, Any]) -> float:
+    i = ins[kind]
+    return float(i.cannula.radius_mm) if kind == "vertebroplasty_curved" else float(i.radius_mm)
+
+
+def _refine(c: Candidates, geo: LevelGeometry, fields: LevelFields, side: str, opt: SolverOptions, radius: float, max_len: float, tol: float) -> Candidates:
+    """Finer angles and nudged targets around the best coarse candidates of each route."""
+    seeds_T, seeds_D = [], []
+    ok = (c.fail & ~search.FAIL_BITS["obstacle"]) == 0
+    for r in range(len(ROUTES)):
+        m = np.flatnonzero(ok & (c.route == r))
+        if not len(m):
+            continue
+        best = m[np.lexsort((np.arange(len(m)), -c.f_min[m]))][:4]
+        seeds_T.append(c.target[best])
+        seeds_D.append(c.direction[best])
+    if not seeds_T:
+        return c
+    T0 = np.concatenate(seeds_T)
+    D0 = np.concatenate(seeds_D)
+    h = opt.coarse_step_deg
+    steps = np.arange(-h, h + 1e-9, opt.fine_step_deg)
+    off = np.array([[a, b, g] for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0) for g in (-2.0, 0.0, 2.0)])
+    Ts, Ds = [], []
+    for t0, d0 in zip(T0, D0):
+        loc = d0 @ geo.R
+        s = 1.0 if side == "left" else -1.0
+        a0 = np.degrees(np.arctan2(s * loc[0], loc[1]))
+        b0 = np.degrees(np.arcsin(np.clip(loc[2], -1, 1)))
+        dirs = search.directions(geo, side, a0 + steps, b0 + steps)
+        tg = t0 + off @ geo.R.T
+        inside = fields.local.sample(fields.body, tg) <= -opt.target_margin_mm
+        tg = tg[inside]
+        Ts.append(np.repeat(tg, len(dirs), axis=0))
+        Ds.append(np.tile(dirs, (len(tg), 1)))
+    T = np.concatenate(Ts)
+    D = np.concatenate(Ds)
+    sd = np.full(len(T), 0 if side == "left" else 1, np.int8)
+    fine = search.evaluate(T, D, sd, geo, fields, opt, radius, max_len, tol=tol)
+    return Candidates(**{k: np.concatenate([getattr(c, k), getattr(fine, k)]) for k in c.__dataclass_fields__})
+
+
+def _shortlist(c: Candidates, route: int, r_min: float, tol: float, k: int) -> tuple[np.ndarray, bool]:
+    """Up to k diverse candidates of a route that may pass (f_min >= r_min - tol).
+
+    Returns (indices, passable); when none may pass, the single best failing candidate.
+    """
+    other_ok = (c.fail & ~search.FAIL_BITS["obstacle"]) == 0
+    m = np.flatnonzero(other_ok & (c.route == route) & (c.f_min >= r_min - tol))
+    if not len(m):
+        allr = np.flatnonzero(c.route == route)
+        if not len(allr):
+            return np.zeros(0, int), False
+        key = np.lexsort((np.arange(len(allr)), c.t_skin[allr], -c.f_min[allr], np.array([bin(int(x)).count("1") for x in c.fail[allr]])))
+        return allr[key[:1]], False
+    # rank: clearance (capped), then a longer path inside the body (room for the bone tamp
+    # and cement, targets in the anterior third), then a shorter skin path, then index
+    fcap = np.minimum(c.f_min[m], r_min + 6.0)
+    order = m[np.lexsort((m, c.t_skin[m], -np.round(c.t_body[m]), -np.round(fcap, 1)))]
+    chosen: list[int] = []
+    for i in order:
+        if all(np.degrees(np.arccos(np.clip(c.direction[i] @ c.direction[j], -1, 1))) > 2.0 or np.linalg.norm(c.target[i] - c.target[j]) > 3.0 for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) >= k * 3:
+            break
+    return np.array(chosen, int), True
+
+
+def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float:
+    """Angle (deg) between the needle and the bone surface normal where it first meets bone."""
+    T, D = c.target[i], c.direction[i]
+    ped = fields.pedicle[side]
+    ts = np.arange(c.t_body[i], c.t_body[i] + 40.0, 0.5)
+    pts = T + ts[:, None] * D
+    inside = fields.local.sample(ped, pts) < 0
+    if c.route[i] == 0 and inside.any():
+        t_e = ts[np.flatnonzero(inside)[-1]]
+        arr = ped
+    else:
+        t_e = c.t_body[i]
+        arr = fields.body
+    p = T + t_e * D
+    e = 0.5
+    g = np.array([
+        fields.local.sample(arr, (p + e * ax)[None])[0] - fields.local.sample(arr, (p - e * ax)[None])[0]
+        for ax in np.eye(3)
+    ])
+    nrm = np.linalg.norm(g)
+    if nrm < 1e-6:
+        return float("nan")
+    return float(np.degrees(np.arccos(np.clip(abs(g @ D) / nrm, 0, 1))))
+
+
+def _coverage(geo: LevelGeometry, fields: LevelFields, tip: np.ndarray, axis: np.ndarray, side: str, curved, opt: SolverOptions) -> dict[str, Any]:
+    """Which body zones a straight needle and the curved needle reach from one access.
+
+    Zones by the body frame's u: ipsilateral (beyond +1/6 of the half width toward the
+    access side), midline (within +/-1/6), contralateral.  The curved needle leaves the
+    cannula tip (``CANNULA_IN_BODY_MM`` past the posterior wall) and bends in 16 directions
+    around the axis; an arc counts while its whole centre line stays at least
+    ``target_margin_mm`` inside the body.
+    """
+    s = 1.0 if side == "left" else -1.0
+    hw = geo.half[0]
+
+    def zone(p: np.ndarray) -> np.ndarray:
+        u = s * geo.to_local(p)[..., 0]
+        return np.where(u > hw / 6, 0, np.where(u >= -hw / 6, 1, 2))
+
+    straight = {int(zone(tip))}
+    fwd = -axis
+    reached: set[int] = set(straight)
+    best_far = -np.inf
+    ext = np.linspace(5.0, float(curved.max_extension_mm), 5)
+    for k in range(16):
+        th = 2 * np.pi * k / 16
+        e1 = np.cross(fwd, [0.0, 0.0, 1.0])
+        if np.linalg.norm(e1) < 1e-6:
+            e1 = np.cross(fwd, [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(fwd, e1)
+        bend = np.cos(th) * e1 + np.sin(th) * e2
+        from planner.instruments import curved_needle_centreline
+
+        for L in ext:
+            if L > np.pi * curved.arc_radius_mm:
+                continue
+            line = curved_needle_centreline(tip, fwd, bend, curved.arc_radius_mm, L, n=12)
+            if np.max(fields.local.sample(fields.body, line)) > -opt.target_margin_mm:
+                break
+            z = zone(line[-1])
+            reached.add(int(z))
+            best_far = max(best_far, -s * geo.to_local(line[-1])[0])
+    names = ["ipsilateral", "midline", "contralateral"]
+    return {
+        "straight_zones": [names[z] for z in sorted(straight)],
+        "curved_zones": [names[z] for z in sorted(reached)],
+        "curved_reaches_midline": 1 in reached,
+        "curved_reaches_far_side": 2 in reached,
+        "curved_far_reach_mm": _r(best_far, 1),
+    }
+
+
+# ---------------------------------------------------------------------------- one level
+def plan_level(scene: Scene, level: str, opt: SolverOptions | None = None, sides: tuple[str, ...] = ("left", "right")) -> dict[str, Any]:
+    """Plan one level: ranked, exactly checked candidates per side and route, explanations,
+    and the procedure recommendation (JSON-ready dict)."""
+    opt = opt or SolverOptions()
+    t0 = time.perf_counter()
+    geo = scene.level(level)
+    fields = scene.fields(level, opt)
+    ins = _instruments(opt)
+    r_kp = _radius("kyphoplasty", ins)
+    r_vp = min(_radius("vertebroplasty_straight", ins), _radius("vertebroplasty_curved", ins))
+    max_len = float(max(max(NEEDLE_LENGTHS_MM), ins["kyphoplasty"].usable_length_mm, ins["vertebroplasty_straight"].usable_length_mm))
+    tol = max(opt.field_tolerance_mm, 0.87 * float(fields.grid.spacing.max()))
+    n_eval = 0
+    t_search = 0.0
+    candidates_out: list[dict[str, Any]] = []
+    routes_out: list[dict[str, Any]] = []
+    for side in sides:
+        ts = time.perf_counter()
+        c = search.search_side(geo, fields, side, opt, r_kp, max_len)
+        c = _refine(c, geo, fields, side, opt, r_kp, max_len, tol)
+        n_eval += len(c)
+        t_search += time.perf_counter() - ts
+        for r, route in enumerate(ROUTES):
+            idx, passable = _shortlist(c, r, r_vp, tol, opt.shortlist_per_route)
+            if not len(idx):
+                routes_out.append({"side": side, "route": route, "status": "not_sampled", "reason": "no candidate of this route in the search range (no target in the body clears the margins, or no path enters the body this way)"})
+                continue
+            sub = c.take(idx)
+            ex = exact_clearances(scene, level, sub.target, sub.skin_entry)
+            evald = [_candidate(scene, level, geo, fields, sub, j, side, route, ex, ins, opt) for j in range(len(sub))]
+            feas = [e for e in evald if e["verdict"]["feasible"]]
+            feas.sort(key=lambda e: (-e["score"], e["id"]))
+            if feas:
+                candidates_out.extend(feas[: opt.shortlist_per_route])
+                routes_out.append({"side": side, "route": route, "status": "feasible", "best": feas[0]["id"], "instruments": sorted({k for e in feas for k in e["verdict"]["instruments"]})})
+            else:
+                worst = max(evald, key=lambda e: (e["verdict"]["binding"]["excess_mm"] if e["verdict"]["binding"] else -1e9, e["id"]))
+                ex_ = _explain(worst)
+                if route == "transpedicular" and side in geo.screws:
+                    # the pedicle itself is taken: say so first, with the clearance to the screw
+                    ex_["reason"] = f"pedicle occupied by the {level} {side} screw; closest path: " + ex_["reason"]
+                    ex_["occupied_by"] = f"screw_{level}_{side}"
+                routes_out.append({"side": side, "route": route, "status": "blocked", **ex_})
+    candidates_out.sort(key=lambda e: (-e["score"], e["id"]))
+    for k, e in enumerate(candidates_out):
+        e["rank"] = k + 1
+    rec = recommend(geo, candidates_out, routes_out, opt)
+    return {
+        "level": level,
+        "geometry": geo.to_dict(),
+        "screws": geo.screws,
+        "candidates": candidates_out,
+        "routes": routes_out,
+        "recommendation": rec,
+        "stats": {
+            "candidates_evaluated": int(n_eval),
+            "classes_present": fields.classes_present,
+        },
+        "run": {
+            "search_s": round(t_search, 3),
+            "fields_s": round(fields.timings_s.get("total_s", 0.0), 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+        },
+    }
+
+
+def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, ex, ins, opt: SolverOptions) -> dict[str, Any]:
+    T = sub.target[j]
+    D = sub.direction[j]
+    skin = sub.skin_entry[j]
+    depth = float(sub.t_skin[j])
+    cannula_depth = depth - float(sub.t_body[j]) + CANNULA_IN_BODY_MM
+    clear = {c: float(ex[c][0][j]) for c in OBSTACLE_CLASSES}
+    closest = {c: ex[c][1][j] for c in OBSTACLE_CLASSES}
+    per_inst: dict[str, dict[str, Any]] = {}
+    for kind in ("kyphoplasty", "vertebroplasty_straight", "vertebroplasty_curved"):
+        r = _radius(kind, ins)
+        need = cannula_depth if kind != "vertebroplasty_straight" else depth
+        usable = float(ins[kind].cannula.usable_length_mm if kind == "vertebroplasty_curved" else ins[kind].usable_length_mm)
+        lengths = sorted({usable, *NEEDLE_LENGTHS_MM})
+        fits = [L for L in lengths if need <= L - opt.skin_allowance_mm]
+        viol = []
+        for c in OBSTACLE_CLASSES:
+            excess = clear[c] - r - opt.margins[c]
+            if excess < 0:
+                viol.append({"constraint": f"clearance_{c}", "structure": closest[c], "structure_display": display_name(closest[c]) if closest[c] else c, "clearance_mm": _r(clear[c] - r), "required_mm": opt.margins[c], "excess_mm": _r(excess)})
+        if not fits:
+            viol.append({"constraint": "depth", "structure": "", "structure_display": "needle length", "clearance_mm": None, "required_mm": None, "excess_mm": _r(max(lengths) - opt.skin_allowance_mm - need), "depth_mm": _r(need, 1)})
+        if kind == "kyphoplasty":
+            channel = float(sub.t_body[j]) - CANNULA_IN_BODY_MM
+            need_ch = float(ins["kyphoplasty"].min_straight_channel_mm)
+            if channel < need_ch:
+                viol.append({"constraint": "kyphoplasty_channel", "structure": f"{level}_body", "structure_display": f"{level} body", "clearance_mm": _r(channel, 1), "required_mm": need_ch, "excess_mm": _r(channel - need_ch)})
+        per_inst[kind] = {"feasible": not viol, "violations": viol, "needle_length_mm": (fits[0] if fits else None), "radius_mm": r}
+    if sub.fail[j] & ~search.FAIL_BITS["obstacle"] & ~search.FAIL_BITS["depth"]:
+        for kind in per_inst:
+            per_inst[kind]["feasible"] = False
+            per_inst[kind]["violations"].append({"constraint": "geometry", "structure": "", "structure_display": _fail_text(int(sub.fail[j])), "clearance_mm": None, "required_mm": None, "excess_mm": -1.0})
+    feasible_kinds = [k for k, v in per_inst.items() if v["feasible"]]
+    # the candidate's binding constraint: the worst violation of its most permissive instrument
+    pick = "vertebroplasty_curved" if not per_inst["vertebroplasty_curved"]["feasible"] else None
+    binding = None
+    if pick:
+        vs = per_inst[pick]["violations"]
+        binding = min(vs, key=lambda v: (v["excess_mm"] if v["excess_mm"] is not None else 0.0)) if vs else None
+    cov = _coverage(geo, fields, T - (float(sub.t_body[j]) - CANNULA_IN_BODY_MM) * D, D, side, ins["vertebroplasty_curved"], opt)
+    ang = _entry_angle(fields, sub, j, side)
+    w = opt.weights
+    r_vp = _radius("vertebroplasty_straight", ins)
+    excess = min(clear[c] - r_vp - opt.margins[c] for c in OBSTACLE_CLASSES)
+    s_clear = float(np.clip(excess / opt.clearance_saturation_mm, 0, 1))
+    s_len = float(np.clip(1.0 - depth / max(NEEDLE_LENGTHS_MM), 0, 1))
+    s_ang = float(np.clip((60.0 - ang) / 60.0, 0, 1)) if np.isfinite(ang) else 0.0
+    zones = set(cov["curved_zones"]) | set(cov["straight_zones"])
+    s_cov = (("midline" in zones) + ("contralateral" in zones)) / 2.0
+    s_kp = 1.0 if per_inst["kyphoplasty"]["feasible"] else 0.0
+    score = w["clearance"] * s_clear + w["length"] * s_len + w["entry_angle"] * s_ang + w["coverage"] * s_cov + w["kyphoplasty"] * s_kp
+    cid = f"{level}-{side[0].upper()}-{route}-{_hash(T, D)}"
+    return {
+        "id": cid,
+        "level": level,
+        "side": side,
+        "route": route,
+        "target_lps_mm": _pt(T),
+        "skin_entry_lps_mm": _pt(skin),
+        "bone_entry_lps_mm": _pt(T + float(sub.t_body[j]) * D),
+        "direction_lps": [round(float(x), 6) for x in -D],
+        "metrics": {
+            "skin_to_target_mm": _r(depth, 1),
+            "skin_to_body_mm": _r(depth - float(sub.t_body[j]), 1),
+            "in_body_mm": _r(float(sub.t_body[j]), 1),
+            "pedicle_inside_mm": _r(float(sub.pedicle_mm[j]), 1),
+            "tilt_from_vertical_deg": _r(float(sub.tilt_deg[j]), 1),
+            "craniocaudal_deg": _r(float(sub.cc_deg[j]), 1),
+            "bone_entry_angle_deg": _r(ang, 1),
+            "axis_clearance_mm": {c: _r(clear[c]) for c in OBSTACLE_CLASSES},
+            "closest_structure": {c: closest[c] for c in OBSTACLE_CLASSES if closest[c]},
+            "coverage": cov,
+            "fluoro_visibility": None,
+        },
+        "verdict": {"feasible": bool(feasible_kinds), "instruments": feasible_kinds, "per_instrument": per_inst, "binding": binding},
+        "score": round(float(score), 4),
+        "score_terms": {"clearance": round(s_clear, 4), "length": round(s_len, 4), "entry_angle": round(s_ang, 4), "coverage": s_cov, "kyphoplasty": s_kp, "visibility": 0.0},
+    }
+
+
+def _hash(T: np.ndarray, D: np.ndarray) -> str:
+    import hashlib
+
+    b = np.round(np.concatenate([T, D]), 4).astype(np.float64).tobytes()
+    return hashlib.sha1(b).hexdigest()[:8]
+
+
+def _fail_text(bits: int) -> str:
+    text = {
+        "tilt": "steeper than the tilt limit",
+        "craniocaudal": "beyond the cranio-caudal angle limit",
+        "reentry": "leaves and re-enters the body (crosses the lateral cortex)",
+        "no_skin": "no skin entry within reach",
+        "wrong_side": "enters the body across the midline",
+    }
+    return "; ".join(t for k, t in text.items() if bits & search.FAIL_BITS[k])
+
+
+def _explain(e: dict[str, Any]) -> dict[str, Any]:
+    b = e["verdict"]["binding"]
+    if b is None:
+        return {"binding": None, "reason": "no candidate passed", "closest_candidate": e["id"]}
+    if b["constraint"].startswith("clearance_"):
+        if b["clearance_mm"] is not None and b["clearance_mm"] < 0:
+            msg = f"needle would hit the {b['structure_display']} (clearance {b['clearance_mm']:.1f} mm, margin {b['required_mm']:.1f} mm)"
+        else:
+            msg = f"{b['structure_display']} too close: clearance {b['clearance_mm']:.1f} mm, margin {b['required_mm']:.1f} mm"
+    elif b["constraint"] == "depth":
+        msg = f"too deep for the longest needle (skin to target {b.get('depth_mm')} mm)"
+    elif b["constraint"] == "kyphoplasty_channel":
+        msg = f"straight channel in the body {b['clearance_mm']} mm, bone tamp needs {b['required_mm']} mm"
+    else:
+        msg = b["structure_display"]
+    others = [
+        v for v in e["verdict"]["per_instrument"]["vertebroplasty_curved"]["violations"] if v is not b and v["structure_display"]
+    ]
+    if others:
+        msg += "; also " + ", ".join(
+            f"{v['structure_display']} ({v['clearance_mm']:.1f} mm)" if v["clearance_mm"] is not None else v["structure_display"]
+            for v in others
+        )
+    return {"binding": b, "reason": msg, "violations": e["verdict"]["per_instrument"]["vertebroplasty_curved"]["violations"],
+            "closest_candidate": e["id"], "closest_candidate_metrics": {"skin_entry_lps_mm": e["skin_entry_lps_mm"], "target_lps_mm": e["target_lps_mm"]}}
+
+
+# ---------------------------------------------------------------------------- recommendation
+def recommend(geo: LevelGeometry, cands: list[dict[str, Any]], routes: list[dict[str, Any]], opt: SolverOptions) -> dict[str, Any]:
+    """Procedure per the practice in the domain doc, overridable with ``opt.procedure``.
+
+    * 0 or 1 screw at the level: kyphoplasty through a free pedicle (transpedicular) or a
+      parapedicular route; unipedicular when the best access ends at or across the midline,
+      else bilateral when the other side also has a kyphoplasty access.
+    * bilateral screws: curved-needle vertebroplasty through a parapedicular or
+      extrapedicular route; unipedicular when the curved needle reaches the far side,
+      else bilateral.
+    * when the preferred procedure has no feasible access, the next one that has.
+    """
+    n_screws = len(geo.screws)
+    if opt.procedure != "auto":
+        order = [opt.procedure]
+        rule = f"forced by option procedure={opt.procedure}"
+    elif n_screws >= 2:
+        order = ["vertebroplasty_curved", "vertebroplasty_straight", "kyphoplasty"]
+        rule = "bilateral pedicle screws: no free pedicle; extrapedicular/parapedicular curved-needle vertebroplasty (domain practice)"
+    else:
+        order = ["kyphoplasty", "vertebroplasty_curved", "vertebroplasty_straight"]
+        rule = ("no pedicle screw" if n_screws == 0 else f"one pedicle screw ({geo.screws[0]})") + ": kyphoplasty through a free pedicle or parapedicular (domain practice)"
+    route_pref = {"transpedicular": 0, "parapedicular": 1, "extrapedicular_superior": 2, "extrapedicular_inferior": 3}
+    for proc in order:
+        ok = [c for c in cands if proc in c["verdict"]["instruments"]]
+        if not ok:
+            continue
+        if proc == "kyphoplasty" and opt.procedure == "auto":
+            ok.sort(key=lambda c: (route_pref[c["route"]], -c["score"], c["id"]))
+        else:
+            ok.sort(key=lambda c: (-c["score"], c["id"]))
+        best = ok[0]
+        cov = best["metrics"]["coverage"]
+        if proc == "vertebroplasty_curved":
+            uni = bool(cov["curved_reaches_far_side"])
+        else:
+            uni = "midline" in cov["straight_zones"] or "contralateral" in cov["straight_zones"]
+        other = [c for c in ok if c["side"] != best["side"]]
+        access = "unipedicular" if uni or not other else "bilateral"
+        chosen = [best["id"]] + ([other[0]["id"]] if access == "bilateral" else [])
+        return {
+            "procedure": proc,
+            "access": access,
+            "candidates": chosen,
+            "route": best["route"],
+            "side": best["side"],
+            "rule": rule,
+            "safe_route_found": True,
+        }
+    return {"procedure": None, "access": None, "candidates": [], "rule": rule, "safe_route_found": False,
+            "reason": "no route passes every hard constraint at this level; see routes for the binding constraints"}
+
+
+# ---------------------------------------------------------------------------- multi-level plan
+def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> dict[str, Any]:
+    """Plan several levels; recommended needles of different levels must keep their skin
+    entries ``skin_entry_separation_mm`` apart and their axes ``needle_separation_mm``
+    apart (beyond both radii); a conflicting choice is replaced by the next feasible one."""
+    opt = opt or SolverOptions()
+    if not levels:
+        raise SolverError("give at least one level to plan, e.g. --levels L3 L4", code="PLN-SOL-001")
+    t0 = time.perf_counter()
+    out_levels = [plan_level(scene, lv, opt) for lv in levels]
+    _resolve_conflicts(out_levels, opt)
+    return {
+        "schema": "planner.plan",
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "frame": "LPS",
+        "units": "mm",
+        "scene": {"source": scene.source, "levels_found": list(scene.levels), "screws": [s.name for s in scene.screws], "image": scene.labels.describe()},
+        "options": opt.to_dict(),
+        "instruments": {k: v.to_dict() for k, v in _instruments(opt).items()},
+        "levels": out_levels,
+        "warnings": [w.to_dict() for w in scene.warnings],
+        "summary": {
+            "levels_planned": list(levels),
+            "levels_without_safe_route": [lv["level"] for lv in out_levels if not lv["recommendation"]["safe_route_found"]],
+        },
+        "run": {"total_s": round(time.perf_counter() - t0, 3), "levels": {lv["level"]: lv.pop("run") for lv in out_levels}},
+    }
+
+
+def _axis_distance(a0, a1, b0, b1) -> float:
+    from planner.solve import exact
+
+    return float(exact.segment_segment_distance(np.asarray([a0], float), np.asarray([a1], float), np.asarray([b0], float), np.asarray([b1], float))[0])
+
+
+def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None:
+    chosen: list[dict[str, Any]] = []
+    for lv in levels:
+        rec = lv["recommendation"]
+        if not rec["safe_route_found"]:
+            continue
+        by_id = {c["id"]: c for c in lv["candidates"]}
+        picked = [by_id[i] for i in rec["candidates"]]
+        clash = [(p, q) for p in picked for q in chosen if _clash(p, q, opt)]
+        if clash:
+            alt = [c for c in lv["candidates"] if rec["procedure"] in c["verdict"]["instruments"] and not any(_clash(c, q, opt) for q in chosen)]
+            note = f"first choice clashed with {clash[0][1]['id']}"
+            if alt:
+                rec["candidates"] = [alt[0]["id"]] + [i for i in rec["candidates"][1:] if not any(_clash(by_id[i], q, opt) for q in chosen)]
+                rec["conflict_note"] = note + f"; replaced by {alt[0]['id']}"
+                picked = [by_id[i] for i in rec["candidates"]]
+            else:
+                rec["conflict_note"] = note + "; no alternative without a clash"
+        chosen.extend(picked)
+
+
+def _clash(p: dict[str, Any], q: dict[str, Any], opt: SolverOptions) -> bool:
+    if np.linalg.norm(np.subtract(p["skin_entry_lps_mm"], q["skin_entry_lps_mm"])) < opt.skin_entry_separation_mm:
+        return True
+    rp = max(v["radius_mm"] for v in p["verdict"]["per_instrument"].values())
+    rq = max(v["radius_mm"] for v in q["verdict"]["per_instrument"].values())
+    d = _axis_distance(p["target_lps_mm"], p["skin_entry_lps_mm"], q["target_lps_mm"], q["skin_entry_lps_mm"])
+    return d < rp + rq + opt.needle_separation_mm
+
+
+_ = HARDWARE_ID0
