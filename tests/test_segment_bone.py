@@ -63,7 +63,9 @@ def _scores(name: str) -> dict[str, tuple[float, float]]:
     print(f"\n{name}: {dt:.1f} s, levels {res.levels}")
     print("  level  Dice   MSD mm")
     for lv, (d, m) in out.items():
-        print(f"  {lv:5s}  {d:.3f}  {m:.2f}")
+        g = case.labels.array == label_id(f"{lv}_body")
+        cut = any(np.take(g, k, axis=a).any() for a in range(3) for k in (0, -1))
+        print(f"  {lv:5s}  {d:.3f}  {m:.2f}" + ("  (ground-truth body cut by the image border)" if cut else ""))
     return out
 
 
@@ -136,10 +138,12 @@ def test_levels_without_anchor_thoracic_only_asks_for_anchor():
 
 
 _DICE_MEASURED = {
-    "case_example": "min 0.673 (S1, cut by the field of view), T11 0.921, L4 0.908, L1-L3 0.954-0.960; MSD 0.35-3.2 mm",
-    "t11_l3_laminectomy": "min 0.881 (L1), mean 0.922; MSD 0.47-1.00 mm",
-    "midthoracic_costovertebral": "min 0.773 (T3), mean 0.872; MSD 0.39-2.7 mm",
-    "osteoporotic_no_hardware": "min 0.877 (T11), L1-L3 0.926-0.936; MSD 0.57-1.34 mm",
+    "case_example": "min 0.898 (S1: the sacral alae's roots inside the body outline; S1's ground-truth "
+    "body is also cut by the image border), L4 0.946, L5 0.955, T11-L3 0.959-0.979; MSD 0.18-0.74 mm",
+    "t11_l3_laminectomy": "min 0.927 (L1, crush fracture), others 0.960-0.982; MSD 0.15-0.40 mm",
+    "midthoracic_costovertebral": "min 0.882 (T3, top vertebra, frame turned), T6 0.893 (resected), "
+    "T4 0.930, T5/T7-T9 0.965-0.981; MSD 0.13-1.20 mm",
+    "osteoporotic_no_hardware": "min 0.924 (T11, rib heads and pedicle roots), L1-L3 0.947-0.966; MSD 0.30-0.81 mm",
 }
 
 
@@ -161,7 +165,7 @@ def test_body_dice_floor_mid_column(name):
     """What is reached today: the bodies inside the column (not the image's end vertebrae)."""
     sc = _scores(name)
     inner = list(sc.values())[1:-1]
-    assert np.median([d for d, _ in inner]) >= 0.90
+    assert np.median([d for d, _ in inner]) >= 0.94
 
 
 @pytest.mark.parametrize(
@@ -193,7 +197,7 @@ _RESECTIONS_MEASURED = {
     "case_example": "L4 left facetectomy found; false: L3/L5 laminectomy, L2 facetectomies, L4 right "
     "facetectomy, L4 left vertebrectomy (wedge fracture read as asymmetry)",
     "midthoracic_costovertebral": "T6 laminectomy and rib-head resection found, T6 left vertebrectomy "
-    "missed; false: T3 left vertebrectomy and rib-head resection (top vertebra)",
+    "missed; false: T3 left rib-head resection (top vertebra)",
     "osteoporotic_no_hardware": "no resections; false: L1/L3 laminectomy, L1/L3 pediclectomy, T12 right "
     "facetectomy (without screws the flood from the bodies gives L1's and L3's arches to L2)",
 }
@@ -287,16 +291,10 @@ def _levels_and_dice(name: str, condition: str) -> tuple[list[str], dict[str, fl
         ("case_example", "1.5mm"),
         ("osteoporotic_no_hardware", "1.5mm"),
         ("t11_l3_laminectomy", "1.5mm"),
-        pytest.param(
-            "midthoracic_costovertebral",
-            "1.5mm",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="measured: 6 bodies, T4-T9 named, T3/T4 bodies labelled T4/T5 (T4 and T5 fused into one "
-                "watershed piece: the 1-voxel thickening before the 3-D fill bridges the ~3 mm thoracic discs at "
-                "1.5 mm voxels; without it the lumbar shells leak and the sacrum is lost)",
-            ),
-        ),
+        # T4/T5 used to fuse here (thickened end plates bridged the ~3 mm discs at 1.5 mm
+        # voxels); the 3-D fill no longer keeps two-voxel layers enclosed only by the
+        # cranio-caudal thickening (bone._unbridge_discs)
+        ("midthoracic_costovertebral", "1.5mm"),
     ],
 )
 def test_levels_with_anchor_robust(name, condition):
@@ -306,14 +304,14 @@ def test_levels_with_anchor_robust(name, condition):
     ok, dice = _levels_and_dice(name, condition)
     assert res.levels == list(case.scene.vertebrae)
     assert ok == list(case.scene.vertebrae)
-    assert float(np.median(list(dice.values()))) >= 0.85
+    assert float(np.median(list(dice.values()))) >= 0.90
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="measured: T6 laminectomy missed; false: T3 left vertebrectomy + rib-head resection, T5 laminectomy, "
-    "facetectomies and right pediclectomy, T6 right vertebrectomy and left pediclectomy, T7/T9 laminectomy, "
-    "T9 left pediclectomy (streaks move bone between the parts)",
+    reason="measured: T6 laminectomy, rib-head resection and left vertebrectomy missed; false: T3 left rib-head "
+    "resection, T5 laminectomy, facetectomies and right pediclectomy, T6 right vertebrectomy and left "
+    "pediclectomy, T7/T9 laminectomy, T9 left pediclectomy (streaks move bone between the parts)",
 )
 def test_resections_with_streaks_midthoracic():
     case = _case_in("midthoracic_costovertebral", "streaks")
@@ -356,3 +354,69 @@ def test_shell_with_posterior_slot_is_filled():
     m = bone_mask(hu, None, 250.0, np.ones(3))
     # filled beside the slot (the slot's own sagittal slices are open in two planes)
     assert m[15:21, 15:35, 15:35].all() and m[29:35, 15:35, 15:35].all()
+
+
+# ----------------------------------------------------------------------------- part helpers
+def test_surface_voxels_outside_the_bone_are_peeled():
+    """A partial-volume surface voxel (darker than its inner neighbour and below half the
+    cortex contrast) is outside; a thin bright cortex voxel (the profile's peak) is kept."""
+    from planner.segment.bone import surface_outside
+
+    hu = np.full((20, 20, 20), 40.0, np.float32)
+    bone = np.zeros(hu.shape, bool)
+    bone[5:15, 5:15, 5:15] = True
+    hu[bone] = 800.0  # cortex-like interior
+    hu[4, 5:15, 5:15] = 300.0  # partial-volume layer outside the face i = 5
+    bone[4, 5:15, 5:15] = True
+    out = surface_outside(bone, hu, 180.0)
+    assert out[4, 6:14, 6:14].all()
+    assert not out[5:15, 5:15, 5:15].any()
+    # thin cortex (osteoporotic, 1.5 mm voxels): the surface voxel is the brightest, kept
+    hu2 = np.where(bone, 100.0, 40.0).astype(np.float32)
+    hu2[4, 5:15, 5:15] = 400.0
+    assert not surface_outside(bone, hu2, 180.0)[4, 6:14, 6:14].any()
+
+
+def test_wall_profile_follows_concave_wall_and_skips_pedicles():
+    from planner.segment.levels import _wall_profile
+
+    g = np.mgrid[-20:21, -15:30].reshape(2, -1).astype(float)
+    u, v = g
+    wall = 12.0 + 0.01 * u**2  # concave: 12 mm at the midline, 16 mm at |u| = 20
+    bone = (v < wall) | ((np.abs(np.abs(u) - 15) < 4) & (v < 28))  # plus two pedicles
+    uu, vv = np.repeat(u[bone], 5), np.repeat(v[bone], 5)
+    c, walls = _wall_profile(uu, vv, 20.0, 12.0, 1.0, 1.0)
+    at = np.interp([0.0, 8.0, 15.0], c, walls)
+    assert abs(at[0] - 12.0) <= 1.0 and abs(at[1] - 12.6) <= 1.5
+    assert at[2] < 16.5  # the pedicle column takes its neighbours' wall, not 28 mm
+
+
+def test_lateral_outline_caps_a_bridged_rib_head():
+    from planner.segment.levels import _lateral_outline
+
+    g = np.mgrid[-30:31, -15:16].reshape(2, -1).astype(float)
+    u, v = g
+    body = (np.abs(u) / 20.0) ** 2.2 + (np.abs(v) / 14.0) ** 2.2 <= 1.0
+    head = (u - 24.0) ** 2 + (v - 6.0) ** 2 <= 25.0  # rib head touching the body
+    sel = body | head
+    c, hw = _lateral_outline(u[sel], v[sel], 1.0, 1.0, 1.0)
+    at = np.interp([0.0, 6.0], c, hw)
+    assert 19.0 <= at[0] <= 22.0
+    assert at[1] < 23.0  # the row through the head is capped near the body's outline
+
+
+def test_thin_disc_is_not_bridged_by_the_fill():
+    """Two bodies 2 voxels apart along the column axis (a 3 mm disc at 1.5 mm voxels) stay
+    apart; a tall region that only the full thickening fills is kept."""
+    from planner.segment.bone import _unbridge_discs, bone_mask
+
+    hu = np.full((30, 30, 40), 40.0, np.float32)
+    hu[8:22, 8:22, 5:18] = 600.0
+    hu[8:22, 8:22, 20:33] = 600.0  # disc: slices 18 and 19
+    m = bone_mask(hu, None, 250.0, np.array([1.5, 1.5, 1.5]))
+    assert not m[10:20, 10:20, 18:20].any()
+    hard = hu >= 250.0
+    filled = hard.copy()
+    filled[2:5, 2:5, 5:30] = True  # tall, not enclosed in-plane: kept
+    out = _unbridge_discs(hard, filled)
+    assert out[2:5, 2:5, 5:30].all()

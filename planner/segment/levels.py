@@ -52,10 +52,11 @@ CORE_FRACTION: float = 0.6
 #: Half width (mm) of the mid-sagittal strip used for the canal wall and the heights. [U]
 MIDLINE_HALF_WIDTH_MM: float = 4.0
 
-#: The body ends this far (mm) in front of the first sparse bin (1 mm, or a voxel on
-#: coarser grids) behind the posterior wall (the bin edge lies up to 1 mm behind the
-#: wall's last bone voxel). [U]
-BODY_WALL_INSET_MM: float = 1.0
+#: The body ends this far (mm) in front of the first sparse bin behind the posterior wall.
+#: 0: the bin edge lies behind the wall's last bone voxel, and the partial-volume layer is
+#: removed at the end (:func:`planner.segment.bone.surface_outside`); 1 mm lost the wall's
+#: last voxel layer. [U]
+BODY_WALL_INSET_MM: float = 0.0
 
 #: Heights are measured this far (mm) inside the anterior / posterior body wall. [U]
 HEIGHT_INSET_MM: float = 3.0
@@ -219,6 +220,192 @@ def _connected_to_centre(sel: np.ndarray, ijk: tuple[np.ndarray, ...], shape: tu
     return sel & keep
 
 
+#: The posterior wall is followed across the body (kidney-shaped bodies have a concave back
+#: wall, 1-3 mm deeper laterally than at the midline); a column whose first sparse bin lies
+#: more than this (mm) behind the midline wall runs into a pedicle and takes the wall of its
+#: neighbours. [U: lumbar concavity 0.08 x body depth ~ 3 mm]
+WALL_PROFILE_MAX_BEHIND_MM: float = 4.0
+
+#: Width (mm) of the columns of the wall profile (at least two voxels). [U]
+WALL_COLUMN_MM: float = 3.0
+
+#: Pedicle roots inside the body: the pedicle's cross-section is taken in this slab (mm)
+#: behind the posterior wall (before the isthmus, beyond the 2 mm fillet) and extended into
+#: the body; a body voxel lies in the pedicle root when it is deeper inside the pedicle's
+#: cross-section than inside the body (the part whose surface is farther away owns it).
+PEDICLE_SLAB_MM: tuple[float, float] = (1.0, 5.0)
+
+#: ... the pedicle's depth counts at most this much (mm; half the widest pedicles, L5/S1
+#: ~18 mm): bone bridged by streaks behind the wall is not a pedicle. [U]
+PEDICLE_MAX_RADIUS_MM: float = 9.0
+
+#: ... and widens into the body by this factor (the cross-section is taken near the
+#: isthmus, the narrowest part; pedicles flare towards the body). [U]
+PEDICLE_ROOT_WIDENING: float = 1.15
+
+#: ... and roots start this fraction of the wall's depth behind the body centre (the
+#: pedicle's cortex reaches about half way into the body). [U]
+PEDICLE_ROOT_START: float = 0.4
+
+
+def _wall_profile(u: np.ndarray, v: np.ndarray, half_width: float, wall0: float, st_u: float, st_v: float) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior-wall depth per lateral position (mm), from the first sparse bin (width
+    ``st_v``) of every column (:data:`WALL_COLUMN_MM`, at least two voxels ``st_u``) of the
+    voxels ``(u, v)`` going back from the centre.
+
+    Columns whose wall lies more than :data:`WALL_PROFILE_MAX_BEHIND_MM` behind the midline
+    wall ``wall0`` (pedicles) or that have no sparse bin take the wall interpolated from the
+    valid columns (constant beyond the outermost).
+
+    Returns
+    -------
+    centres, walls : (m,) ndarrays
+        Column centres (u, mm) and wall depth (v, mm); use with :func:`numpy.interp`.
+    """
+    cw = max(2.0 * st_u, WALL_COLUMN_MM)
+    n = max(1, int(np.ceil(half_width / cw)))
+    ue = cw * np.arange(-n, n + 1)
+    centres = 0.5 * (ue[1:] + ue[:-1])
+    nref = max(3, int(round(10.0 / st_v)))
+    ve = st_v * np.arange(-nref, int(np.ceil((wall0 + 12.0) / st_v)) + 2)
+    if u.size == 0 or ve.size < nref + 2:
+        return centres, np.full(centres.shape, wall0)
+    h, _, _ = np.histogram2d(u, v, [ue, ve])
+    ref = np.median(h[:, :nref], axis=1)
+    sparse = h[:, nref:] < np.maximum(1.0, WALL_SPARSE_FRACTION * ref)[:, None]
+    has = sparse.any(axis=1) & (ref >= 2)
+    first = ve[nref + np.argmax(sparse, axis=1)]
+    ok = has & (first <= wall0 + WALL_PROFILE_MAX_BEHIND_MM) & (first >= wall0 - WALL_PROFILE_MAX_BEHIND_MM)
+    if ok.sum() < 2:
+        return centres, np.full(centres.shape, wall0)
+    return centres, np.interp(centres, centres[ok], first[ok])
+
+
+#: Rows (mm, at least two voxels) of the lateral body outline, and how much wider (mm) a row
+#: may be than its neighbour nearer the centre: the body narrows away from its widest row, so
+#: a row that is suddenly wider runs into a rib head, pedicle or transverse process. [U]
+OUTLINE_ROW_MM: float = 2.0
+OUTLINE_SLACK_MM: float = 0.5
+
+#: A lowest body whose mid row is more than OUTLINE_MAX_GROWTH x as wide as the body above
+#: runs into the sacral alae on that row too (they reach the body's mid depth; ala tips lie
+#: ~1.8 x the body's half width out); its outline is capped at OUTLINE_CAP_GROWTH x the
+#: width above (adjacent bodies differ by < 10 % in width; S1 is about as wide as L5) and
+#: the alae's roots are cut out of it (:func:`_lateral_roots`). [U]
+OUTLINE_MAX_GROWTH: float = 1.5
+OUTLINE_CAP_GROWTH: float = 1.08
+
+
+def _lateral_outline(u: np.ndarray, v: np.ndarray, st_u: float, st_v: float, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """Half width of the body per depth row on one side (``side`` +1 left, -1 right).
+
+    The first gap going outward from the midline in every row (voxels ``u, v`` of the
+    mid-height slab), then capped outward from the central row: a row is at most
+    :data:`OUTLINE_SLACK_MM` wider than its neighbour nearer the centre (v = 0).
+
+    Returns
+    -------
+    centres, half_widths : (m,) ndarrays, for :func:`numpy.interp` over v.
+    """
+    rs = max(2.0 * st_v, OUTLINE_ROW_MM)
+    n = int(np.ceil(40.0 / rs))
+    ve = rs * (np.arange(-n, n + 1) - 0.5)
+    centres = 0.5 * (ve[1:] + ve[:-1])
+    ue = st_u * np.arange(0, int(np.ceil(70.0 / st_u)) + 1)
+    h, _, _ = np.histogram2d(v, side * u, [ve, ue])
+    empty = h == 0
+    hw = ue[np.argmax(empty, axis=1)]
+    hw[~empty.any(axis=1)] = ue[-1]
+    c = n  # row of v = 0
+    for r in range(c + 1, len(hw)):
+        hw[r] = min(hw[r], hw[r - 1] + OUTLINE_SLACK_MM)
+    for r in range(c - 1, -1, -1):
+        hw[r] = min(hw[r], hw[r + 1] + OUTLINE_SLACK_MM)
+    return centres, hw
+
+
+def _body_depth(body: np.ndarray, ijk: tuple[np.ndarray, ...], sp: np.ndarray) -> np.ndarray:
+    """Distance (mm) of every body voxel (``body`` over the voxel list ``ijk``) to the
+    nearest voxel outside the body, on the body's bounding box."""
+    bi = tuple(a[body] for a in ijk)
+    blo = [int(a.min()) for a in bi]
+    bhi = [int(a.max()) + 1 for a in bi]
+    m = np.zeros([h - lo_ + 2 for lo_, h in zip(blo, bhi)], bool)
+    at = tuple(a - lo_ + 1 for a, lo_ in zip(bi, blo))
+    m[at] = True
+    return ndi.distance_transform_edt(m, sampling=sp)[at]
+
+
+def _extruded_depth(a: np.ndarray, b: np.ndarray, slab: np.ndarray, body: np.ndarray, step: float) -> np.ndarray:
+    """Depth (mm) of every body voxel inside the cross-section of the bone ``slab``,
+    projected on the plane of coordinates (``a``, ``b``) and extended through the body
+    along the third axis (2-D distance map of the filled cross-section; 0 outside it)."""
+    lo = np.array([min(a[body].min(), a[slab].min()), min(b[body].min(), b[slab].min())]) - 3 * step
+    hi = np.array([max(a[body].max(), a[slab].max()), max(b[body].max(), b[slab].max())]) + 3 * step
+    dims = np.ceil((hi - lo) / step).astype(int) + 1
+    cs = np.zeros(dims, bool)
+    cs[np.round((a[slab] - lo[0]) / step).astype(int), np.round((b[slab] - lo[1]) / step).astype(int)] = True
+    cs = ndi.binary_fill_holes(ndi.binary_closing(cs, iterations=1, border_value=0))
+    d = ndi.distance_transform_edt(cs, sampling=step)
+    return d[np.round((a[body] - lo[0]) / step).astype(int), np.round((b[body] - lo[1]) / step).astype(int)]
+
+
+def _pedicle_roots(
+    u: np.ndarray,
+    v: np.ndarray,
+    w: np.ndarray,
+    body: np.ndarray,
+    wall_at: np.ndarray,
+    depth: np.ndarray,
+    step: float,
+) -> np.ndarray:
+    """Body voxels that belong to a pedicle root (see :data:`PEDICLE_SLAB_MM`).
+
+    The cross-section of the bone in the slab behind the wall, projected on the (u, w) plane,
+    gives every (u, w) column the depth inside the pedicle (2-D distance map); the body
+    voxel's depth (``depth``, per body voxel) is its 3-D distance to the body's surface.
+    The deeper one wins.
+    """
+    out = np.zeros(body.shape, bool)
+    behind = v - wall_at
+    # pedicles flank the canal: the midline strip is never a pedicle root
+    slab = (behind > PEDICLE_SLAB_MM[0]) & (behind <= PEDICLE_SLAB_MM[1]) & ~body & (np.abs(u) >= MIDLINE_HALF_WIDTH_MM)
+    bw = w[body]
+    slab &= (w >= bw.min()) & (w <= bw.max())
+    if slab.sum() < 5:
+        return out
+    dp = np.minimum(PEDICLE_ROOT_WIDENING * _extruded_depth(u, w, slab, body, step), PEDICLE_MAX_RADIUS_MM)
+    wall0 = float(np.min(wall_at))
+    root = (dp > depth) & (v[body] > PEDICLE_ROOT_START * wall0) & (np.abs(u[body]) >= MIDLINE_HALF_WIDTH_MM)
+    out[np.flatnonzero(body)[root]] = True
+    return out
+
+
+def _lateral_roots(
+    u: np.ndarray,
+    v: np.ndarray,
+    w: np.ndarray,
+    body: np.ndarray,
+    outline: tuple[np.ndarray, np.ndarray],
+    depth: np.ndarray,
+    step: float,
+) -> np.ndarray:
+    """Body voxels that belong to lateral bone reaching into the body (sacral alae): as
+    :func:`_pedicle_roots`, with the cross-section in a slab (:data:`PEDICLE_SLAB_MM`)
+    beside the lateral outline (``outline`` = left, right half width per voxel)."""
+    out = np.zeros(body.shape, bool)
+    bw = w[body]
+    for side, hw in zip((1.0, -1.0), outline):
+        beyond = side * u - hw
+        slab = (beyond > PEDICLE_SLAB_MM[0]) & (beyond <= PEDICLE_SLAB_MM[1]) & ~body & (w >= bw.min()) & (w <= bw.max())
+        if slab.sum() < 5:
+            continue
+        da = _extruded_depth(v, w, slab, body, step)
+        root = (da > depth) & (side * u[body] >= MIDLINE_HALF_WIDTH_MM)
+        out[np.flatnonzero(body)[root]] = True
+    return out
+
+
 def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
     """First empty bin (width ``step`` mm) of ``vals`` going from ``start`` upward (None if
     none before ``stop``)."""
@@ -241,6 +428,11 @@ def split_parts(
 ) -> tuple[np.ndarray, list[dict]]:
     """Split every vertebra into body, pedicles, posterior elements and ribs.
 
+    The body is the vertebra's bone in front of the posterior wall profile
+    (:func:`_wall_profile`), inside the lateral outline per depth row
+    (:func:`_lateral_outline`), within the end plates found on the central column, minus
+    the pedicle roots (:func:`_pedicle_roots`).
+
     Parameters
     ----------
     vert, body_seed : (ni, nj, nk) int ndarrays
@@ -259,6 +451,7 @@ def split_parts(
         Per vertebra: canal wall, widths, heights, part volumes (mm^3) for findings.
     """
     parts = np.zeros(vert.shape, np.int32)
+    prev_half: float | None = None  # outline half width of the vertebra above (mid row)
     objs = ndi.find_objects(vert)
     vox = float(np.prod(sp))
     info: list[dict] = []
@@ -305,18 +498,46 @@ def split_parts(
         canal_back = float(behind[0]) if behind.size else None
         canal_depth = (canal_back - wall) if canal_back is not None else 16.0
         canal_depth = float(np.clip(canal_depth, 8.0, 25.0))
+        hrow = (w < 0.5 * up) & (w > -0.5 * dn)
+        cu, cwall = _wall_profile(u[hrow], v[hrow], max(hw_l, hw_r) + BODY_SIDE_MARGIN_MM, wall, st_u, st_v)
+        # a concave back wall is nowhere in front of its midline depth (corners are cut by the
+        # lateral outline)
+        wall_at = np.maximum(np.interp(u, cu, cwall), wall)
+        cl, hl = _lateral_outline(u[hrow], v[hrow], st_u, st_v, 1.0)
+        cr, hr = _lateral_outline(u[hrow], v[hrow], st_u, st_v, -1.0)
+        # the narrower side: streaks, screws or a bridged rib head widen one side only
+        half = min(float(np.interp(0.0, cl, hl)), float(np.interp(0.0, cr, hr)))
+        capped = False
+        if n == len(frames) and prev_half is not None and half > OUTLINE_MAX_GROWTH * prev_half:
+            # the widest row itself runs into the sacral alae: the body is about as wide as
+            # the one above
+            cap = OUTLINE_CAP_GROWTH * prev_half
+            hl, hr = np.minimum(hl, cap), np.minimum(hr, cap)
+            half = cap
+            capped = True
+        prev_half = half
+        ol = np.interp(v, cl, hl)
+        orr = np.interp(v, cr, hr)
         body = (
-            (v <= wall - BODY_WALL_INSET_MM)
-            & (u <= hw_l + BODY_SIDE_MARGIN_MM)
-            & (u >= -hw_r - BODY_SIDE_MARGIN_MM)
+            (v < wall_at - BODY_WALL_INSET_MM)
+            & (u <= np.minimum(hw_l, ol) + BODY_SIDE_MARGIN_MM)
+            & (u >= -np.minimum(hw_r, orr) - BODY_SIDE_MARGIN_MM)
             & (w <= up + BODY_END_MARGIN_MM)
             & (w >= -dn - BODY_END_MARGIN_MM)
         )
         body = _connected_to_centre(body, ijk, sub.shape)
+        root = np.zeros(body.shape, bool)
+        if body.any():
+            depth = _body_depth(body, ijk, sp)
+            root = _pedicle_roots(u, v, w, body, wall_at, depth, max(st_u, st_w))
+            if capped:
+                root |= _lateral_roots(u, v, w, body, (ol, orr), depth, max(st_v, st_w))
+        body_outline = body  # for the left/right balance (roots depend on screws and streaks)
+        body = body & ~root
         # keep the body connected to its centre (drop rib-head bits touching the corner)
         lat = ((u > hw_l + 3.0) | (u < -hw_r - 3.0)) & ~body
         ant_lat = lat & (v < wall + 0.5 * canal_depth) & ~is_metal
-        ped = (v > wall) & (v <= wall + 0.5 * canal_depth) & (u <= hw_l) & (u >= -hw_r) & ~body
+        ped = (((v > wall) & (v <= wall + 0.5 * canal_depth) & (u <= hw_l) & (u >= -hw_r)) | root) & ~body
         code = np.full(u.shape, PART_CODES["posterior"], np.int32)
         code[ant_lat & (u > 0)] = PART_CODES["rib_left"]
         code[ant_lat & (u < 0)] = PART_CODES["rib_right"]
@@ -332,11 +553,13 @@ def split_parts(
         hts = {}
         if strip.sum() > 20:
             vmin = float(np.percentile(bv[strip], 1))
+            # the body's own back edge when the canal wall was read too far back (streaks)
+            back = min(wall, float(np.percentile(bv[strip], 99)) + 0.5 * st_v)
             step = float(np.mean(sp))
             for key, pos in (
                 ("anterior_height_mm", vmin + HEIGHT_INSET_MM),
-                ("middle_height_mm", 0.5 * (vmin + wall)),
-                ("posterior_height_mm", wall - HEIGHT_INSET_MM),
+                ("middle_height_mm", 0.5 * (vmin + back)),
+                ("posterior_height_mm", back - HEIGHT_INSET_MM),
             ):
                 sel = strip & (np.abs(bv - pos) <= 1.5)
                 if sel.sum() >= 3:
@@ -352,10 +575,11 @@ def split_parts(
                 "half_height_mm": hh,
                 "heights": hts,
                 "body_mm3": float(body.sum() * vox),
-                "body_left_mm3": float((body & (u > 0)).sum() * vox),
-                "body_right_mm3": float((body & (u < 0)).sum() * vox),
-                "pedicle_left_mm3": float((ped & (u > 0) & nm).sum() * vox),
-                "pedicle_right_mm3": float((ped & (u <= 0) & nm).sum() * vox),
+                "body_left_mm3": float((body_outline & (u > 0)).sum() * vox),
+                "body_right_mm3": float((body_outline & (u < 0)).sum() * vox),
+                # behind the wall only: the roots inside the body follow the body's resections
+                "pedicle_left_mm3": float((ped & ~root & (u > 0) & nm).sum() * vox),
+                "pedicle_right_mm3": float((ped & ~root & (u <= 0) & nm).sum() * vox),
                 "rib_left_mm3": float((ant_lat & (u > 0)).sum() * vox),
                 "rib_right_mm3": float((ant_lat & (u < 0)).sum() * vox),
                 "max_lateral_mm": float(np.abs(u).max()),
