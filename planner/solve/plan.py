@@ -26,17 +26,15 @@ from typing import Any
 import numpy as np
 
 from planner.errors import SolverError
-from planner.instruments import get_instrument
+from planner.instruments import NEEDLE_LENGTHS_MM, curved_needle_centreline, get_instrument
 from planner.solve import search
 from planner.solve.config import OBSTACLE_CLASSES, SolverOptions
-from planner.solve.scene import HARDWARE_ID0, LevelFields, LevelGeometry, Scene, display_name, structure_class
+from planner.solve.scene import LevelFields, LevelGeometry, Scene, display_name, structure_class
 from planner.solve.search import CANNULA_IN_BODY_MM, ROUTES, Candidates
 
 log = logging.getLogger(__name__)
 
 PLAN_SCHEMA_VERSION = "1.0"
-#: Needle lengths on the market, mm (instruments.md 1b [U]/[V] abs).
-from planner.instruments import NEEDLE_LENGTHS_MM  # noqa: E402
 
 EXACT_CULL_MM = 25.0
 
@@ -75,7 +73,6 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
         for i in np.flatnonzero(better):
             names[i] = name
 
-    cache = scene.__dict__.setdefault("_mesh_distance", {})
     for name in scene.present_names:
         cls = structure_class(name, level)
         if cls is None or cls == "hardware":
@@ -86,9 +83,7 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
         b = mesh.bounds
         if np.any(b[0] > hi) or np.any(b[1] < lo):
             continue
-        md = cache.get(name)
-        if md is None:
-            md = cache[name] = exact.MeshDistance(np.asarray(mesh.vertices, float), np.asarray(mesh.faces))
+        md = scene.mesh_distance(name)
         update(cls, md.segment_signed_clearance(p0, p1, max_distance=EXACT_CULL_MM + 5.0), name)
     for s in scene.solids:
         pts = s.points
@@ -225,16 +220,14 @@ def _coverage(geo: LevelGeometry, fields: LevelFields, tip: np.ndarray, axis: np
     reached: set[int] = set(straight)
     best_far = -np.inf
     ext = np.linspace(5.0, float(curved.max_extension_mm), 5)
+    e1 = np.cross(fwd, [0.0, 0.0, 1.0])
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.cross(fwd, [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(fwd, e1)
     for k in range(16):
         th = 2 * np.pi * k / 16
-        e1 = np.cross(fwd, [0.0, 0.0, 1.0])
-        if np.linalg.norm(e1) < 1e-6:
-            e1 = np.cross(fwd, [1.0, 0.0, 0.0])
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(fwd, e1)
         bend = np.cos(th) * e1 + np.sin(th) * e2
-        from planner.instruments import curved_needle_centreline
-
         for L in ext:
             if L > np.pi * curved.arc_radius_mm:
                 continue
@@ -266,7 +259,7 @@ def plan_level(scene: Scene, level: str, opt: SolverOptions | None = None, sides
     r_kp = _radius("kyphoplasty", ins)
     r_vp = min(_radius("vertebroplasty_straight", ins), _radius("vertebroplasty_curved", ins))
     max_len = float(max(max(NEEDLE_LENGTHS_MM), ins["kyphoplasty"].usable_length_mm, ins["vertebroplasty_straight"].usable_length_mm))
-    tol = max(opt.field_tolerance_mm, 0.87 * float(fields.grid.spacing.max()))
+    tol = search.field_tolerance(opt, fields)
     n_eval = 0
     t_search = 0.0
     candidates_out: list[dict[str, Any]] = []
@@ -563,5 +556,3 @@ def _clash(p: dict[str, Any], q: dict[str, Any], opt: SolverOptions) -> bool:
     d = _axis_distance(p["target_lps_mm"], p["skin_entry_lps_mm"], q["target_lps_mm"], q["skin_entry_lps_mm"])
     return d < rp + rq + opt.needle_separation_mm
 
-
-_ = HARDWARE_ID0

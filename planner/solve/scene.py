@@ -36,13 +36,12 @@ from scipy import ndimage
 from planner.errors import CodedWarning, SolverError
 from planner.implants import CrossLink, Rod, Screw
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, LEVELS, parse_label
+from planner.segment.fields import _sdf_array
 from planner.solve.config import OBSTACLE_CLASSES, SolverOptions
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
 
-#: Ids above this are implant solids (``HARDWARE_ID0 + index into Scene.solids``).
-HARDWARE_ID0 = 1000
 #: Distances are capped here (mm): beyond it no constraint binds and steps stay bounded.
 DISTANCE_CAP_MM = 30.0
 
@@ -140,30 +139,13 @@ class Solid:
 
     def distance(self, p: np.ndarray) -> np.ndarray:
         """Signed distance (mm) of points (n, 3) to the solid (negative inside)."""
+        from planner.solve import exact
+
         if self.kind == "cylinder":
-            return _point_cylinder_sdf(p, self.a, self.b, self.radius)
+            return exact.point_cylinder_distance(p, self.a, self.b, self.radius)
         pl = np.asarray(self.polyline, float)
-        out = np.full(len(p), np.inf)
-        for a, b in zip(pl[:-1], pl[1:]):
-            ab = b - a
-            L2 = max(float(ab @ ab), 1e-12)
-            t = np.clip(((p - a) @ ab) / L2, 0.0, 1.0)
-            np.minimum(out, np.linalg.norm(p - a - t[:, None] * ab, axis=1) - self.radius, out=out)
-        return out
-
-
-def _point_cylinder_sdf(p: np.ndarray, a: np.ndarray, b: np.ndarray, r: float) -> np.ndarray:
-    ax = b - a
-    L = float(np.linalg.norm(ax))
-    ax = ax / L
-    q = p - a
-    h = q @ ax
-    radial = np.linalg.norm(q - h[:, None] * ax, axis=1)
-    dr = radial - r
-    dh = np.maximum(-h, h - L)
-    outside = np.hypot(np.maximum(dr, 0.0), np.maximum(dh, 0.0))
-    inside = np.minimum(np.maximum(dr, dh), 0.0)
-    return outside + inside
+        d = exact.point_segment_distance(np.asarray(p, float)[:, None, :], pl[None, :-1], pl[None, 1:])
+        return d.min(axis=1) - self.radius
 
 
 def implant_solids(screws, rods, crosslinks) -> list[Solid]:
@@ -310,14 +292,9 @@ def _edt_outside(mask: np.ndarray, spacing: np.ndarray, indices: bool = False):
 
 
 def _sdf(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Signed distance (mm, negative inside) with the surface half a voxel from the centres."""
-    half = 0.5 * float(np.min(spacing))
-    if not mask.any():
-        return np.full(mask.shape, DISTANCE_CAP_MM, np.float32)
-    out = ndimage.distance_transform_edt(~mask, sampling=spacing) - half
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing) - half
-    out[mask] = -inside[mask]
-    return out.astype(np.float32)
+    """Signed distance (mm, negative inside; :func:`planner.segment.fields._sdf_array`),
+    capped at +/- :data:`DISTANCE_CAP_MM` so an absent structure is far, not infinite."""
+    return np.clip(_sdf_array(mask, spacing), -DISTANCE_CAP_MM, DISTANCE_CAP_MM)
 
 
 @dataclass
@@ -330,7 +307,7 @@ class LevelFields:
     F : float32 array
         ``min_c (d_c - margin_c)`` (mm) over the obstacle classes for this target level.
     ID : int32 array
-        Structure id attaining the minimum (registry id, or ``HARDWARE_ID0 + solid``).
+        Registry id of the structure attaining the minimum.
     skin : float32 array
         Signed distance to the body outline (negative inside the body).
     local : Grid
@@ -378,6 +355,7 @@ class Scene:
         self.source = dict(source or {})
         self.warnings: list[CodedWarning] = list(warnings or [])
         self._meshes: dict[str, Any] = {}
+        self._mesh_distance: dict[str, Any] = {}
         present = np.unique(labels.array)
         self.present_ids = [int(i) for i in present if i]
         self.present_names = [LABEL_NAMES[i] for i in self.present_ids if i in LABEL_NAMES]
@@ -535,8 +513,6 @@ class Scene:
 
     # ------------------------------------------------------------------ names
     def structure_name(self, sid: int) -> str:
-        if sid >= HARDWARE_ID0:
-            return self.solids[sid - HARDWARE_ID0].name
         return LABEL_NAMES.get(int(sid), f"label_{sid}")
 
     # ------------------------------------------------------------------ meshes
@@ -563,6 +539,16 @@ class Scene:
             m = label_mesh(self.labels, [name], smooth=False) if name in self.present_names else None
         self._meshes[name] = m
         return m
+
+    def mesh_distance(self, name: str):
+        """Cached :class:`planner.solve.exact.MeshDistance` of a structure (None if absent)."""
+        if name not in self._mesh_distance:
+            from planner.solve.exact import MeshDistance
+
+            m = self.mesh(name)
+            ok = m is not None and len(m.faces) > 0
+            self._mesh_distance[name] = MeshDistance(np.asarray(m.vertices, float), np.asarray(m.faces)) if ok else None
+        return self._mesh_distance[name]
 
     # ------------------------------------------------------------------ fields
     def fields(self, level: str, options: SolverOptions) -> LevelFields:

@@ -78,6 +78,11 @@ class Candidates:
         return self.target + self.t_body[:, None] * self.direction
 
 
+def field_tolerance(opt: SolverOptions, fields: LevelFields) -> float:
+    """Stage-1 tolerance: the option, or the field grid's half diagonal when larger."""
+    return max(opt.field_tolerance_mm, 0.87 * float(fields.grid.spacing.max()))
+
+
 def targets(geo: LevelGeometry, fields: LevelFields, opt: SolverOptions) -> np.ndarray:
     """Target points (m, 3) in the anterior and middle thirds, paramedian, mid height."""
     nu, nv, nw = opt.target_grid
@@ -246,4 +251,4 @@ def search_side(
     T = np.repeat(tgt, len(dirs), axis=0)
     D = np.tile(dirs, (len(tgt), 1))
     sd = np.full(len(T), 0 if side == "left" else 1, np.int8)
-    return evaluate(T, D, sd, geo, fields, opt, radius, max_length, tol=max(opt.field_tolerance_mm, 0.87 * float(fields.grid.spacing.max())))
+    return evaluate(T, D, sd, geo, fields, opt, radius, max_length, tol=field_tolerance(opt, fields))
