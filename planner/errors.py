@@ -56,6 +56,7 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SOL-003": "scene input cannot be used (missing labels, summary or case file)",
     "PLN-SOL-004": "trajectory is malformed (entry equals target, wrong shape, not finite)",
     "PLN-SOL-005": "plan file fails its schema",
+    "PLN-MRK-001": "Slicer markups file cannot be read as trajectories (markup type, control points, coordinate system, units)",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
