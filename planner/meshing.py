@@ -1091,7 +1091,9 @@ def scene_meshes(
         Mesh every part of structures with parts (``L4_body`` ...), each clipped to the
         structure (part SDF intersected with the structure SDF).
     structures : bool
-        Mesh each structure with ``mesh=True`` as a whole.
+        Mesh each structure with ``mesh=True`` as a whole.  A disc is meshed less the
+        vertebrae that overlap it (the label map draws bone over disc), so its mesh bounds
+        the disc the image shows.
     implants : bool
         Exact primitive meshes for ``scene.screws``, ``scene.rods``, ``scene.crosslinks``.
     smooth_iterations : int
@@ -1104,9 +1106,13 @@ def scene_meshes(
         (``"structure"``, ``"part"``, ``"screw"``, ``"rod"``, ``"crosslink"``), ``tissue``,
         ``group`` (for parts) and ``level`` where known.
     """
-    from planner.phantom.sdf import intersect
+    from planner.phantom.sdf import intersect, subtract
 
     out: dict[str, tuple[trimesh.Trimesh, dict[str, Any]]] = {}
+    bones = [s for s in scene.structures if isinstance(s.meta, dict) and s.meta.get("kind") == "vertebra"]
+
+    def _overlaps(a: Any, b: Any) -> bool:
+        return bool(np.all(a.sdf.bounds[0] <= b.sdf.bounds[1]) and np.all(b.sdf.bounds[0] <= a.sdf.bounds[1]))
     implant_names = set()
     if implants:
         for group in ("screws", "rods", "crosslinks"):
@@ -1117,8 +1123,15 @@ def scene_meshes(
             continue  # implants get exact primitive meshes below
         level = s.meta.get("level") if isinstance(s.meta, dict) else None
         level = level or _part_level(s.name)
+        sdf = s.sdf
+        if s.tissue == "disc":
+            # A disc's SDF reaches into both bodies by design (the bone, of higher priority,
+            # is drawn over it): mesh what the label map shows, the disc less the bone.
+            over = [b for b in bones if b.priority > s.priority and _overlaps(s, b)]
+            if over:
+                sdf = subtract(s.sdf, *[b.sdf for b in over])
         if structures:
-            jobs.append((s.name, s.sdf, {"kind": "structure", "tissue": s.tissue, "level": level}))
+            jobs.append((s.name, sdf, {"kind": "structure", "tissue": s.tissue, "level": level}))
         if parts and s.parts:
             for pname in sorted(s.parts):
                 info = {"kind": "part", "tissue": s.tissue, "group": s.name, "level": _part_level(pname) or level}

@@ -135,6 +135,11 @@ class SolverOptions:
     needle_separation_mm : float
         Multi-level plans: least distance between two needle axes, beyond both radii
         (2 mm [U]).
+    bone_tamp_lengths_mm : tuple of float
+        Bone-tamp (balloon) lengths available for kyphoplasty: the Kyphon 10, 15 and 20 mm
+        sizes (instruments.md 3 [V]).  A kyphoplasty access is feasible when its straight
+        channel beyond the cannula tip holds the shortest of them plus the cannula's
+        ``min_channel_margin_mm``; the plan names the longest that fits.
     max_candidates : int
         Memory guard on the number of candidates of one level (raise for denser search).
     """
@@ -174,6 +179,7 @@ class SolverOptions:
     procedure: str = "auto"
     skin_entry_separation_mm: float = 20.0
     needle_separation_mm: float = 2.0
+    bone_tamp_lengths_mm: tuple[float, ...] = (10.0, 15.0, 20.0)
     max_candidates: int = 2_000_000
 
     def __post_init__(self) -> None:
@@ -205,6 +211,9 @@ class SolverOptions:
         for name in ("coarse_step_deg", "fine_step_deg", "step_min_mm", "field_tolerance_mm", "max_tilt_deg"):
             if not (float(getattr(self, name)) > 0):
                 raise SolverError(f"{name} must be > 0, got {getattr(self, name)!r}", code="PLN-SOL-002")
+        if not self.bone_tamp_lengths_mm or any(not (float(x) > 0) for x in self.bone_tamp_lengths_mm):
+            raise SolverError(f"bone_tamp_lengths_mm must be positive lengths, got {self.bone_tamp_lengths_mm}", code="PLN-SOL-002")
+        object.__setattr__(self, "bone_tamp_lengths_mm", tuple(sorted(float(x) for x in self.bone_tamp_lengths_mm)))
         if any(int(n) < 1 for n in self.target_grid):
             raise SolverError(f"target_grid entries must be >= 1, got {self.target_grid}", code="PLN-SOL-002")
 

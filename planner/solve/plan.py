@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from planner.errors import SolverError
-from planner.instruments import NEEDLE_LENGTHS_MM, curved_needle_centreline, get_instrument
+from planner.instruments import NEEDLE_LENGTHS_MM, get_instrument
 from planner.solve import search
 from planner.solve.config import OBSTACLE_CLASSES, SolverOptions
 from planner.solve.scene import LevelFields, LevelGeometry, Scene, display_name, structure_class
-from planner.solve.search import CANNULA_IN_BODY_MM, ROUTES, Candidates
+from planner.solve.search import ROUTES, Candidates
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
     each structure of the class near the segments.  Implants: exact segment-to-cylinder /
     capsule distances to each solid.  Classes with no structure get ``+inf``.
     """
-    from planner.solve import exact
-
     p0 = np.atleast_2d(np.asarray(p0, float))
     p1 = np.atleast_2d(np.asarray(p1, float))
     n = len(p0)
@@ -75,8 +73,8 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
 
     for name in scene.present_names:
         cls = structure_class(name, level)
-        if cls is None or cls == "hardware":
-            continue
+        if cls is None or (cls == "hardware" and name != "other_metal"):
+            continue  # screws, rods and cross-links are checked as exact solids below
         mesh = scene.mesh(name)
         if mesh is None or len(mesh.faces) == 0:
             continue
@@ -85,15 +83,10 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
             continue
         md = scene.mesh_distance(name)
         update(cls, md.segment_signed_clearance(p0, p1, max_distance=EXACT_CULL_MM + 5.0), name)
-    for s in scene.solids:
-        pts = s.points
-        if np.any(pts.min(0) - s.radius > hi) or np.any(pts.max(0) + s.radius < lo):
-            continue
-        if s.kind == "cylinder":
-            d = exact.segment_cylinder_distance(p0, p1, s.a, s.b, s.radius)
-        else:
-            d = exact.segment_polyline_capsules_distance(p0, p1, s.polyline, s.radius)
-        update("hardware", np.asarray(d, float), s.name)
+    d, nm = solid_clearances(scene.solids, p0, p1)
+    cur, names = out["hardware"]
+    better = d < cur
+    out["hardware"] = (np.where(better, d, cur), [nm[i] if better[i] else names[i] for i in range(n)])
     return out
 
 
@@ -112,16 +105,21 @@ def _radius(kind: str, ins: dict[str, Any]) -> float:
 
 
 def _refine(c: Candidates, geo: LevelGeometry, fields: LevelFields, side: str, opt: SolverOptions, radius: float, max_len: float, tol: float) -> Candidates:
-    """Finer angles and nudged targets around the best coarse candidates of each route."""
+    """Finer angles and nudged targets around the best coarse candidates of each route.
+
+    Seeds per route: the best by clearance of the whole axis (straight needle, kyphoplasty)
+    and the best by clearance of the cannula part alone (curved needle)."""
     seeds_T, seeds_D = [], []
     ok = (c.fail & ~search.FAIL_BITS["obstacle"]) == 0
     for r in range(len(ROUTES)):
         m = np.flatnonzero(ok & (c.route == r))
         if not len(m):
             continue
-        best = m[np.lexsort((np.arange(len(m)), -c.f_min[m]))][:4]
-        seeds_T.append(c.target[best])
-        seeds_D.append(c.direction[best])
+        best = m[np.lexsort((np.arange(len(m)), -c.f_min[m]))][:3]
+        outer = m[np.lexsort((np.arange(len(m)), c.t_skin[m], -np.minimum(c.f_min_outer[m], radius + 4.0)))][:3]
+        pick = np.unique(np.concatenate([best, outer]))
+        seeds_T.append(c.target[pick])
+        seeds_D.append(c.direction[pick])
     if not seeds_T:
         return c
     T0 = np.concatenate(seeds_T)
@@ -130,9 +128,9 @@ def _refine(c: Candidates, geo: LevelGeometry, fields: LevelFields, side: str, o
     steps = np.arange(-h, h + 1e-9, opt.fine_step_deg)
     off = np.array([[a, b, g] for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0) for g in (-2.0, 0.0, 2.0)])
     Ts, Ds = [], []
+    s = 1.0 if side == "left" else -1.0
     for t0, d0 in zip(T0, D0):
         loc = d0 @ geo.R
-        s = 1.0 if side == "left" else -1.0
         a0 = np.degrees(np.arctan2(s * loc[0], loc[1]))
         b0 = np.degrees(np.arcsin(np.clip(loc[2], -1, 1)))
         dirs = search.directions(geo, side, a0 + steps, b0 + steps)
@@ -148,30 +146,59 @@ def _refine(c: Candidates, geo: LevelGeometry, fields: LevelFields, side: str, o
     return Candidates(**{k: np.concatenate([getattr(c, k), getattr(fine, k)]) for k in c.__dataclass_fields__})
 
 
-def _shortlist(c: Candidates, route: int, r_min: float, tol: float, k: int) -> tuple[np.ndarray, bool]:
-    """Up to k diverse candidates of a route that may pass (f_min >= r_min - tol).
+def _diverse(order: np.ndarray, c: Candidates, k: int) -> list[int]:
+    """The first ``k`` of ``order`` that differ from every earlier pick (> 2 deg or > 3 mm)."""
+    chosen: list[int] = []
+    for i in order:
+        if all(
+            np.degrees(np.arccos(np.clip(c.direction[i] @ c.direction[j], -1, 1))) > 2.0
+            or np.linalg.norm(c.target[i] - c.target[j]) > 3.0
+            for j in chosen
+        ):
+            chosen.append(int(i))
+        if len(chosen) >= k:
+            break
+    return chosen
+
+
+def _shortlist(c: Candidates, route: int, radii: dict[str, float], tol: float, k: int, channel_mm: float, geo: LevelGeometry) -> tuple[np.ndarray, bool]:
+    """Up to ``3 k`` diverse candidates of a route that stage 1 says may pass, in three
+    families: kyphoplasty (whole axis clear at the cannula radius, a straight channel of at
+    least ``channel_mm``; longest channel first), straight needle (whole axis clear) and
+    curved needle (cannula part clear; shortest path first).
 
     Returns (indices, passable); when none may pass, the single best failing candidate.
     """
     other_ok = (c.fail & ~search.FAIL_BITS["obstacle"]) == 0
-    m = np.flatnonzero(other_ok & (c.route == route) & (c.f_min >= r_min - tol))
-    if not len(m):
-        allr = np.flatnonzero(c.route == route)
-        if not len(allr):
-            return np.zeros(0, int), False
-        key = np.lexsort((np.arange(len(allr)), c.t_skin[allr], -c.f_min[allr], np.array([bin(int(x)).count("1") for x in c.fail[allr]])))
-        return allr[key[:1]], False
-    # rank: clearance (capped), then a longer path inside the body (room for the bone tamp
-    # and cement, targets in the anterior third), then a shorter skin path, then index
-    fcap = np.minimum(c.f_min[m], r_min + 6.0)
-    order = m[np.lexsort((m, c.t_skin[m], -np.round(c.t_body[m]), -np.round(fcap, 1)))]
-    chosen: list[int] = []
-    for i in order:
-        if all(np.degrees(np.arccos(np.clip(c.direction[i] @ c.direction[j], -1, 1))) > 2.0 or np.linalg.norm(c.target[i] - c.target[j]) > 3.0 for j in chosen):
-            chosen.append(int(i))
-        if len(chosen) >= k * 3:
-            break
-    return np.array(chosen, int), True
+    on = np.flatnonzero(other_ok & (c.route == route))
+    picks: list[int] = []
+    if len(on):
+        full = c.f_min[on]
+        outer = c.f_min_outer[on]
+        kp = on[(full >= radii["kyphoplasty"] - tol) & (c.t_cannula[on] >= channel_mm)]
+        if len(kp):
+            fk = np.minimum(c.f_min[kp], radii["kyphoplasty"] + 6.0)
+            uk = np.abs(geo.to_local(c.target[kp])[:, 0])
+            picks += _diverse(kp[np.lexsort((kp, c.t_skin[kp], np.round(uk / 3.0), -np.round(fk, 0), -np.round(c.t_cannula[kp] / 3.0)))], c, k)
+        st = full >= radii["vertebroplasty_straight"] - tol
+        if st.any():
+            m = on[st]
+            fs = np.minimum(full[st], radii["vertebroplasty_straight"] + 6.0)
+            um = np.abs(geo.to_local(c.target[m])[:, 0])
+            picks += _diverse(m[np.lexsort((m, c.t_skin[m], np.round(um / 3.0), -np.round(fs, 0)))], c, k)
+        cu = outer >= radii["vertebroplasty_curved"] - tol
+        if cu.any():
+            m = on[cu]
+            fo = np.minimum(outer[cu], radii["vertebroplasty_curved"] + 6.0)
+            picks += _diverse(m[np.lexsort((m, c.t_skin[m], -np.round(fo, 0)))], c, k)
+    if picks:
+        return np.array(sorted(set(picks), key=picks.index), int), True
+    allr = np.flatnonzero(c.route == route)
+    if not len(allr):
+        return np.zeros(0, int), False
+    nbits = np.array([bin(int(x)).count("1") for x in c.fail[allr]])
+    key = np.lexsort((np.arange(len(allr)), c.t_skin[allr], -c.f_min_outer[allr], nbits))
+    return allr[key[:1]], False
 
 
 def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float:
@@ -199,52 +226,155 @@ def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float
     return float(np.degrees(np.arccos(np.clip(abs(g @ D) / nrm, 0, 1))))
 
 
-def _coverage(geo: LevelGeometry, fields: LevelFields, tip: np.ndarray, axis: np.ndarray, side: str, curved, opt: SolverOptions) -> dict[str, Any]:
-    """Which body zones a straight needle and the curved needle reach from one access.
+def solid_clearances(solids, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Exact axis clearance (mm) of segments ``p0``-``p1`` (n, 3) to the nearest implant
+    solid, with that solid's name (``+inf`` and "" when none is within the cull box).
 
-    Zones by the body frame's u: ipsilateral (beyond +1/6 of the half width toward the
-    access side), midline (within +/-1/6), contralateral.  The curved needle leaves the
-    cannula tip (``CANNULA_IN_BODY_MM`` past the posterior wall) and bends in 16 directions
-    around the axis; an arc counts while its whole centre line stays at least
-    ``target_margin_mm`` inside the body.
+    Tubes (rods, cross-links) are closed-form.  A flat-capped cylinder (screw shank, tulip)
+    lies between its capsule (``segment-axis distance - radius``, a lower bound) and its
+    axis segment (``segment-axis distance``, an upper bound): the iterative exact distance
+    is computed only for the rows whose lower bound beats the best upper bound, which is
+    the same minimum at a fraction of the cost.
     """
+    from planner.solve import exact
+
+    p0 = np.atleast_2d(np.asarray(p0, float))
+    p1 = np.atleast_2d(np.asarray(p1, float))
+    n = len(p0)
+    d_best = np.full(n, np.inf)
+    names = [""] * n
+    if not n:
+        return d_best, names
+    lo = np.minimum(p0, p1).min(0) - EXACT_CULL_MM
+    hi = np.maximum(p0, p1).max(0) + EXACT_CULL_MM
+    near = [s for s in solids if not (np.any(s.points.min(0) - s.radius > hi) or np.any(s.points.max(0) + s.radius < lo))]
+    who = np.full(n, -1)
+    cyl: list[tuple[int, np.ndarray]] = []
+    upper = np.full(n, np.inf)
+    for k, s in enumerate(near):
+        if s.kind == "cylinder":
+            axis = exact.segment_segment_distance(p0, p1, s.a[None], s.b[None])
+            cyl.append((k, axis))
+            np.minimum(upper, axis, out=upper)
+        else:
+            d = np.asarray(exact.segment_polyline_capsules_distance(p0, p1, s.polyline, s.radius), float)
+            better = d < d_best
+            d_best[better] = d[better]
+            who[better] = k
+    for k, axis in cyl:
+        s = near[k]
+        rows = np.flatnonzero(axis - s.radius < np.minimum(upper, d_best))
+        if not len(rows):
+            continue
+        d = np.asarray(exact.segment_cylinder_distance(p0[rows], p1[rows], s.a, s.b, s.radius, tol_mm=1e-4), float)
+        better = d < d_best[rows]
+        d_best[rows[better]] = d[better]
+        who[rows[better]] = k
+    for i in np.flatnonzero(who >= 0):
+        names[i] = near[who[i]].name
+    return d_best, names
+
+
+#: Bend directions tried for the curved needle around the cannula axis, and arc lengths.
+CURVED_BENDS = 16
+CURVED_EXTENSIONS = 5
+
+
+def curved_arcs(scene: Scene, geo: LevelGeometry, fields: LevelFields, tips: np.ndarray, axes: np.ndarray, side: str, curved, opt: SolverOptions) -> list[dict[str, Any]]:
+    """The curved needle's reach from cannula tips: which arcs are safe, which zones they reach.
+
+    For each cannula tip (``tips`` (n, 3), LPS mm; ``axes`` (n, 3) unit, toward the body)
+    the stylet bends in :data:`CURVED_BENDS` directions around the axis, with
+    :data:`CURVED_EXTENSIONS` arc lengths up to ``curved.max_extension_mm``.  An arc is
+    **safe** while its whole centre line stays ``opt.target_margin_mm`` inside the target
+    body (so it neither crosses an endplate nor the anterior / lateral cortex, nor reaches
+    the canal, disc or vessels outside the body) and its surface keeps
+    ``margins["hardware"]`` from every screw, rod and cross-link (exact segment-to-solid
+    distances of the arc's 1 mm chords, less the chord sagitta).  Zones by the body frame's
+    u: ipsilateral (beyond +1/6 of the half width toward the access side), midline (within
+    +/- 1/6), contralateral.  The chosen arc reaches the farthest zone, then the farthest.
+    Returns one dict per tip.
+    """
+    tips = np.atleast_2d(np.asarray(tips, float))
+    axes = np.atleast_2d(np.asarray(axes, float))
+    n = len(tips)
     s = 1.0 if side == "left" else -1.0
     hw = geo.half[0]
-
-    def zone(p: np.ndarray) -> np.ndarray:
-        u = s * geo.to_local(p)[..., 0]
-        return np.where(u > hw / 6, 0, np.where(u >= -hw / 6, 1, 2))
-
-    straight = {int(zone(tip))}
-    fwd = -axis
-    reached: set[int] = set(straight)
-    best_far = -np.inf
-    ext = np.linspace(5.0, float(curved.max_extension_mm), 5)
-    e1 = np.cross(fwd, [0.0, 0.0, 1.0])
-    if np.linalg.norm(e1) < 1e-6:
-        e1 = np.cross(fwd, [1.0, 0.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(fwd, e1)
-    for k in range(16):
-        th = 2 * np.pi * k / 16
-        bend = np.cos(th) * e1 + np.sin(th) * e2
-        for L in ext:
-            if L > np.pi * curved.arc_radius_mm:
-                continue
-            line = curved_needle_centreline(tip, fwd, bend, curved.arc_radius_mm, L, n=12)
-            if np.max(fields.local.sample(fields.body, line)) > -opt.target_margin_mm:
-                break
-            z = zone(line[-1])
-            reached.add(int(z))
-            best_far = max(best_far, -s * geo.to_local(line[-1])[0])
     names = ["ipsilateral", "midline", "contralateral"]
-    return {
-        "straight_zones": [names[z] for z in sorted(straight)],
-        "curved_zones": [names[z] for z in sorted(reached)],
-        "curved_reaches_midline": 1 in reached,
-        "curved_reaches_far_side": 2 in reached,
-        "curved_far_reach_mm": _r(best_far, 1),
-    }
+    R = float(curved.arc_radius_mm)
+    Lmax = min(float(curved.max_extension_mm), np.pi * R)
+    ext = np.linspace(Lmax / CURVED_EXTENSIONS, Lmax, CURVED_EXTENSIONS)
+    n_pts = int(np.ceil(Lmax / 1.0)) + 1
+    ls = np.linspace(0.0, Lmax, n_pts)
+    kidx = np.searchsorted(ls, ext - 1e-9)
+    B = CURVED_BENDS
+    fwd = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    e1 = np.cross(fwd, [0.0, 0.0, 1.0])
+    flat = np.linalg.norm(e1, axis=1) < 1e-6
+    e1[flat] = np.cross(fwd[flat], [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(fwd, e1)
+    th = 2 * np.pi * np.arange(B) / B
+    bend = np.cos(th)[None, :, None] * e1[:, None, :] + np.sin(th)[None, :, None] * e2[:, None, :]  # (n, B, 3)
+    # p(l) = tip + R sin(l/R) fwd + R (1 - cos(l/R)) bend, (n, B, K, 3)
+    sa, ca = np.sin(ls / R), np.cos(ls / R)
+    P = (tips[:, None, None, :] + R * sa[None, None, :, None] * fwd[:, None, None, :]
+         + R * (1 - ca)[None, None, :, None] * bend[:, :, None, :])
+    body = fields.local.sample(fields.body, P.reshape(-1, 3)).reshape(n, B, n_pts)
+    chord = Lmax / (n_pts - 1)
+    sagitta = chord**2 / (8.0 * R)
+    d_hw, hw_names = solid_clearances(scene.solids, P[:, :, :-1].reshape(-1, 3), P[:, :, 1:].reshape(-1, 3))
+    d_hw = (d_hw - sagitta).reshape(n, B, n_pts - 1)
+    need_hw = float(curved.radius_mm) + opt.margins["hardware"]
+    # an arc of length L is safe when every point and chord up to L is
+    inside_ok = np.minimum.accumulate(body <= -opt.target_margin_mm, axis=2)
+    hw_ok = np.concatenate([np.ones((n, B, 1), bool), np.minimum.accumulate(d_hw >= need_hw, axis=2)], axis=2)
+    safe = (inside_ok & hw_ok)[:, :, kidx]  # (n, B, E)
+    end = P[:, :, kidx]  # (n, B, E, 3)
+    u_end = s * geo.to_local(end.reshape(-1, 3))[:, 0].reshape(n, B, len(kidx))
+    zone = np.where(u_end > hw / 6, 0, np.where(u_end >= -hw / 6, 1, 2))
+    out = []
+    for i in range(n):
+        ok = safe[i]
+        reached = sorted({int(z) for z in zone[i][ok]})
+        res: dict[str, Any] = {
+            "curved_zones": [names[z] for z in reached],
+            "curved_reaches_midline": 1 in reached,
+            "curved_reaches_far_side": 2 in reached,
+            "curved_safe_arcs": int(ok.sum()),
+            "curved_arcs_tried": int(ok.size),
+        }
+        if not ok.any():
+            first = int(kidx[0])
+            hw_first = bool((d_hw[i, :, :first] < need_hw).any(axis=1).all())
+            res.update({"arc": None, "curved_far_reach_mm": None, "arc_fails": "hardware" if hw_first else "body"})
+            out.append(res)
+            continue
+        # farthest zone, then farthest toward the far side, then the lowest index
+        key = np.where(ok, zone[i] * 1000.0 + (-u_end[i]), -np.inf)
+        b, j = np.unravel_index(int(np.argmax(key)), key.shape)
+        k = int(kidx[j])
+        seg_hw = d_hw[i, b, :k]
+        i_min = int(np.argmin(seg_hw))
+        step = max(1, k // 6)
+        path = [_pt(q) for q in P[i, b, : k + 1 : step]]
+        if k % step:
+            path.append(_pt(P[i, b, k]))
+        res.update({
+            "curved_far_reach_mm": _r(float(-u_end[i, b, j]), 1),
+            "arc": {
+                "bend_lps": [round(float(x), 5) for x in bend[i, b]],
+                "extension_mm": _r(float(ext[j]), 1),
+                "arc_radius_mm": _r(R, 1),
+                "tip_lps_mm": _pt(P[i, b, k]),
+                "path_lps_mm": path,
+                "hardware_clearance_mm": _r(float(seg_hw[i_min]) - float(curved.radius_mm)),
+                "closest_hardware": hw_names[(i * B + b) * (n_pts - 1) + i_min],
+                "body_depth_min_mm": _r(float(-body[i, b, : k + 1].max()), 2),
+            },
+        })
+        out.append(res)
+    return out
 
 
 # ---------------------------------------------------------------------------- one level
@@ -256,12 +386,14 @@ def plan_level(scene: Scene, level: str, opt: SolverOptions | None = None, sides
     geo = scene.level(level)
     fields = scene.fields(level, opt)
     ins = _instruments(opt)
-    r_kp = _radius("kyphoplasty", ins)
-    r_vp = min(_radius("vertebroplasty_straight", ins), _radius("vertebroplasty_curved", ins))
+    radii = {k: _radius(k, ins) for k in ins}
+    r_kp = max(radii.values())
     max_len = float(max(max(NEEDLE_LENGTHS_MM), ins["kyphoplasty"].usable_length_mm, ins["vertebroplasty_straight"].usable_length_mm))
     tol = search.field_tolerance(opt, fields)
+    channel_mm = min(opt.bone_tamp_lengths_mm) + float(ins["kyphoplasty"].min_channel_margin_mm)
     n_eval = 0
     t_search = 0.0
+    t_exact = 0.0
     candidates_out: list[dict[str, Any]] = []
     routes_out: list[dict[str, Any]] = []
     for side in sides:
@@ -271,18 +403,20 @@ def plan_level(scene: Scene, level: str, opt: SolverOptions | None = None, sides
         n_eval += len(c)
         t_search += time.perf_counter() - ts
         for r, route in enumerate(ROUTES):
-            idx, passable = _shortlist(c, r, r_vp, tol, opt.shortlist_per_route)
+            idx, passable = _shortlist(c, r, radii, tol, opt.shortlist_per_route, channel_mm, geo)
             if not len(idx):
                 routes_out.append({"side": side, "route": route, "status": "not_sampled", "reason": "no candidate of this route in the search range (no target in the body clears the margins, or no path enters the body this way)"})
                 continue
             sub = c.take(idx)
-            ex = exact_clearances(scene, level, sub.target, sub.skin_entry)
-            evald = [_candidate(scene, level, geo, fields, sub, j, side, route, ex, ins, opt) for j in range(len(sub))]
+            te = time.perf_counter()
+            evald = evaluate_candidates(scene, level, geo, fields, sub, side, route, ins, opt)
+            t_exact += time.perf_counter() - te
             feas = [e for e in evald if e["verdict"]["feasible"]]
             feas.sort(key=lambda e: (-e["score"], e["id"]))
             if feas:
-                candidates_out.extend(feas[: opt.shortlist_per_route])
-                routes_out.append({"side": side, "route": route, "status": "feasible", "best": feas[0]["id"], "instruments": sorted({k for e in feas for k in e["verdict"]["instruments"]})})
+                keep = _keep_per_instrument(feas, opt.shortlist_per_route)
+                candidates_out.extend(keep)
+                routes_out.append({"side": side, "route": route, "status": "feasible", "best": keep[0]["id"], "instruments": sorted({k for e in feas for k in e["verdict"]["instruments"]})})
             else:
                 worst = max(evald, key=lambda e: (e["verdict"]["binding"]["excess_mm"] if e["verdict"]["binding"] else -1e9, e["id"]))
                 ex_ = _explain(worst)
@@ -308,20 +442,67 @@ def plan_level(scene: Scene, level: str, opt: SolverOptions | None = None, sides
         },
         "run": {
             "search_s": round(t_search, 3),
+            "exact_s": round(t_exact, 3),
             "fields_s": round(fields.timings_s.get("total_s", 0.0), 3),
             "total_s": round(time.perf_counter() - t0, 3),
         },
     }
 
 
-def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, ex, ins, opt: SolverOptions) -> dict[str, Any]:
+def _keep_per_instrument(feas: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The best ``k`` feasible candidates of a route plus the best of each instrument that
+    the first ``k`` miss (so a kyphoplasty access is not crowded out by needle-only ones)."""
+    keep = list(feas[:k])
+    for kind in ("kyphoplasty", "vertebroplasty_straight", "vertebroplasty_curved"):
+        if not any(kind in e["verdict"]["instruments"] for e in keep):
+            alt = [e for e in feas if kind in e["verdict"]["instruments"]]
+            if alt:
+                keep.append(alt[0])
+    return keep
+
+
+def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: LevelFields, sub: Candidates, side: str, route: str, ins: dict[str, Any], opt: SolverOptions) -> list[dict[str, Any]]:
+    """Exact check, metrics, verdicts and scores of stage-1 candidates of one side and route.
+
+    Two exact segments per candidate: the **cannula part** (skin entry to the cannula tip,
+    ``CANNULA_IN_BODY_MM`` past the body entry), which every instrument passes, and the
+    **channel** (cannula tip to the target), which the straight needle and the kyphoplasty
+    drill / bone tamp follow; the curved needle leaves the cannula tip on an arc instead
+    (:func:`curved_arcs`).
+    """
+    n = len(sub)
+    ct = sub.cannula_tip
+    ex = exact_clearances(scene, level, np.concatenate([ct, sub.target]), np.concatenate([sub.skin_entry, ct]))
+    outer = {c: (v[0][:n], v[1][:n]) for c, v in ex.items()}
+    inner = {c: (v[0][n:], v[1][n:]) for c, v in ex.items()}
+    tamp_d, tamp_names = solid_clearances(scene.solids, sub.target, ct)
+    arcs = curved_arcs(scene, geo, fields, ct, -sub.direction, side, ins["vertebroplasty_curved"], opt)
+    return [_candidate(scene, level, geo, fields, sub, j, side, route, outer, inner, (tamp_d[j], tamp_names[j]), arcs[j], ins, opt) for j in range(n)]
+
+
+def _violations(clear: dict[str, float], closest: dict[str, str], r: float, opt: SolverOptions, part: str) -> list[dict[str, Any]]:
+    out = []
+    for c in OBSTACLE_CLASSES:
+        excess = clear[c] - r - opt.margins[c]
+        if excess < 0:
+            out.append({"constraint": f"clearance_{c}", "part": part, "structure": closest[c], "structure_display": display_name(closest[c]) if closest[c] else c, "clearance_mm": _r(clear[c] - r), "required_mm": opt.margins[c], "excess_mm": _r(excess)})
+    return out
+
+
+def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, outer, inner, tamp_hw, arcs, ins, opt: SolverOptions) -> dict[str, Any]:
     T = sub.target[j]
     D = sub.direction[j]
     skin = sub.skin_entry[j]
+    tip = sub.cannula_tip[j]
     depth = float(sub.t_skin[j])
-    cannula_depth = depth - float(sub.t_body[j]) + CANNULA_IN_BODY_MM
-    clear = {c: float(ex[c][0][j]) for c in OBSTACLE_CLASSES}
-    closest = {c: ex[c][1][j] for c in OBSTACLE_CLASSES}
+    t_can = float(sub.t_cannula[j])
+    cannula_depth = depth - t_can
+    c_out = {c: float(outer[c][0][j]) for c in OBSTACLE_CLASSES}
+    n_out = {c: outer[c][1][j] for c in OBSTACLE_CLASSES}
+    c_in = {c: float(inner[c][0][j]) for c in OBSTACLE_CLASSES}
+    n_in = {c: inner[c][1][j] for c in OBSTACLE_CLASSES}
+    clear = {c: min(c_out[c], c_in[c]) for c in OBSTACLE_CLASSES}
+    closest = {c: (n_out[c] if c_out[c] <= c_in[c] else n_in[c]) for c in OBSTACLE_CLASSES}
     per_inst: dict[str, dict[str, Any]] = {}
     for kind in ("kyphoplasty", "vertebroplasty_straight", "vertebroplasty_curved"):
         r = _radius(kind, ins)
@@ -329,39 +510,53 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
         usable = float(ins[kind].cannula.usable_length_mm if kind == "vertebroplasty_curved" else ins[kind].usable_length_mm)
         lengths = sorted({usable, *NEEDLE_LENGTHS_MM})
         fits = [L for L in lengths if need <= L - opt.skin_allowance_mm]
-        viol = []
-        for c in OBSTACLE_CLASSES:
-            excess = clear[c] - r - opt.margins[c]
-            if excess < 0:
-                viol.append({"constraint": f"clearance_{c}", "structure": closest[c], "structure_display": display_name(closest[c]) if closest[c] else c, "clearance_mm": _r(clear[c] - r), "required_mm": opt.margins[c], "excess_mm": _r(excess)})
+        viol = _violations(c_out, n_out, r, opt, "cannula")
+        if kind != "vertebroplasty_curved":
+            viol += _violations(c_in, n_in, r, opt, "channel")
         if not fits:
-            viol.append({"constraint": "depth", "structure": "", "structure_display": "needle length", "clearance_mm": None, "required_mm": None, "excess_mm": _r(max(lengths) - opt.skin_allowance_mm - need), "depth_mm": _r(need, 1)})
+            viol.append({"constraint": "depth", "part": "cannula", "structure": "", "structure_display": "needle length", "clearance_mm": None, "required_mm": None, "excess_mm": _r(max(lengths) - opt.skin_allowance_mm - need), "depth_mm": _r(need, 1)})
         if kind == "kyphoplasty":
-            channel = float(sub.t_body[j]) - CANNULA_IN_BODY_MM
-            need_ch = float(ins["kyphoplasty"].min_straight_channel_mm)
-            if channel < need_ch:
-                viol.append({"constraint": "kyphoplasty_channel", "structure": f"{level}_body", "structure_display": f"{level} body", "clearance_mm": _r(channel, 1), "required_mm": need_ch, "excess_mm": _r(channel - need_ch)})
-        per_inst[kind] = {"feasible": not viol, "violations": viol, "needle_length_mm": (fits[0] if fits else None), "radius_mm": r}
+            margin_ch = float(ins["kyphoplasty"].min_channel_margin_mm)
+            fit = [L for L in opt.bone_tamp_lengths_mm if L + margin_ch <= t_can]
+            tamp_len = max(fit) if fit else None
+            if tamp_len is None:
+                need_ch = min(opt.bone_tamp_lengths_mm) + margin_ch
+                viol.append({"constraint": "kyphoplasty_channel", "part": "channel", "structure": f"{level}_body", "structure_display": f"{level} body", "clearance_mm": _r(t_can, 1), "required_mm": need_ch, "excess_mm": _r(t_can - need_ch)})
+            r_tamp = 0.5 * float(ins["kyphoplasty"].tamp.inflated_diameter_mm)
+            tamp_clear = float(tamp_hw[0]) - r_tamp
+            if tamp_clear < opt.margins["hardware"]:
+                viol.append({"constraint": "bone_tamp_hardware", "part": "channel", "structure": tamp_hw[1], "structure_display": (display_name(tamp_hw[1]) if tamp_hw[1] else "hardware"), "clearance_mm": _r(tamp_clear), "required_mm": opt.margins["hardware"], "excess_mm": _r(tamp_clear - opt.margins["hardware"])})
+        if kind == "vertebroplasty_curved" and arcs["arc"] is None:
+            hw_fail = arcs.get("arc_fails") == "hardware"
+            viol.append({"constraint": "curved_arc", "part": "arc", "structure": "" if hw_fail else f"{level}_body", "structure_display": ("no curve clears the hardware" if hw_fail else f"no curve stays inside the {level} body"), "clearance_mm": None, "required_mm": None, "excess_mm": -0.5})
+        per_inst[kind] = {"feasible": not viol, "violations": viol, "needle_length_mm": (fits[0] if fits else None), "radius_mm": r, "insertion_mm": _r(need, 1)}
+        if kind == "kyphoplasty":
+            per_inst[kind]["bone_tamp_length_mm"] = tamp_len
     if sub.fail[j] & ~search.FAIL_BITS["obstacle"] & ~search.FAIL_BITS["depth"]:
         for kind in per_inst:
             per_inst[kind]["feasible"] = False
-            per_inst[kind]["violations"].append({"constraint": "geometry", "structure": "", "structure_display": _fail_text(int(sub.fail[j])), "clearance_mm": None, "required_mm": None, "excess_mm": -1.0})
+            per_inst[kind]["violations"].append({"constraint": "geometry", "part": "cannula", "structure": "", "structure_display": _fail_text(int(sub.fail[j])), "clearance_mm": None, "required_mm": None, "excess_mm": -1.0})
     feasible_kinds = [k for k, v in per_inst.items() if v["feasible"]]
     # the candidate's binding constraint: the worst violation of its most permissive instrument
-    pick = "vertebroplasty_curved" if not per_inst["vertebroplasty_curved"]["feasible"] else None
     binding = None
-    if pick:
-        vs = per_inst[pick]["violations"]
+    if not feasible_kinds:
+        vs = per_inst["vertebroplasty_curved"]["violations"]
         binding = min(vs, key=lambda v: (v["excess_mm"] if v["excess_mm"] is not None else 0.0)) if vs else None
-    cov = _coverage(geo, fields, T - (float(sub.t_body[j]) - CANNULA_IN_BODY_MM) * D, D, side, ins["vertebroplasty_curved"], opt)
+    cov = {"straight_zones": _straight_zone(geo, T, side), **{k: v for k, v in arcs.items() if k != "arc"}}
     ang = _entry_angle(fields, sub, j, side)
     w = opt.weights
     r_vp = _radius("vertebroplasty_straight", ins)
-    excess = min(clear[c] - r_vp - opt.margins[c] for c in OBSTACLE_CLASSES)
+    # clearance term over the parts the feasible instruments use
+    parts = c_out if feasible_kinds == ["vertebroplasty_curved"] else clear
+    excess = min(parts[c] - r_vp - opt.margins[c] for c in OBSTACLE_CLASSES)
     s_clear = float(np.clip(excess / opt.clearance_saturation_mm, 0, 1))
     s_len = float(np.clip(1.0 - depth / max(NEEDLE_LENGTHS_MM), 0, 1))
     s_ang = float(np.clip((60.0 - ang) / 60.0, 0, 1)) if np.isfinite(ang) else 0.0
-    zones = set(cov["curved_zones"]) | set(cov["straight_zones"])
+    zones: set[str] = set()
+    if "vertebroplasty_straight" in feasible_kinds or "kyphoplasty" in feasible_kinds:
+        zones |= set(cov["straight_zones"])
+    if "vertebroplasty_curved" in feasible_kinds:
+        zones |= set(cov["curved_zones"])
     s_cov = (("midline" in zones) + ("contralateral" in zones)) / 2.0
     s_kp = 1.0 if per_inst["kyphoplasty"]["feasible"] else 0.0
     score = w["clearance"] * s_clear + w["length"] * s_len + w["entry_angle"] * s_ang + w["coverage"] * s_cov + w["kyphoplasty"] * s_kp
@@ -374,16 +569,22 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
         "target_lps_mm": _pt(T),
         "skin_entry_lps_mm": _pt(skin),
         "bone_entry_lps_mm": _pt(T + float(sub.t_body[j]) * D),
+        "cannula_tip_lps_mm": _pt(tip),
         "direction_lps": [round(float(x), 6) for x in -D],
+        "curved": arcs["arc"],
         "metrics": {
             "skin_to_target_mm": _r(depth, 1),
             "skin_to_body_mm": _r(depth - float(sub.t_body[j]), 1),
+            "skin_to_cannula_tip_mm": _r(cannula_depth, 1),
             "in_body_mm": _r(float(sub.t_body[j]), 1),
+            "channel_mm": _r(t_can, 1),
             "pedicle_inside_mm": _r(float(sub.pedicle_mm[j]), 1),
             "tilt_from_vertical_deg": _r(float(sub.tilt_deg[j]), 1),
             "craniocaudal_deg": _r(float(sub.cc_deg[j]), 1),
             "bone_entry_angle_deg": _r(ang, 1),
             "axis_clearance_mm": {c: _r(clear[c]) for c in OBSTACLE_CLASSES},
+            "cannula_axis_clearance_mm": {c: _r(c_out[c]) for c in OBSTACLE_CLASSES},
+            "channel_axis_clearance_mm": {c: _r(c_in[c]) for c in OBSTACLE_CLASSES},
             "closest_structure": {c: closest[c] for c in OBSTACLE_CLASSES if closest[c]},
             "coverage": cov,
             "fluoro_visibility": None,
@@ -392,6 +593,13 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
         "score": round(float(score), 4),
         "score_terms": {"clearance": round(s_clear, 4), "length": round(s_len, 4), "entry_angle": round(s_ang, 4), "coverage": s_cov, "kyphoplasty": s_kp, "visibility": 0.0},
     }
+
+
+def _straight_zone(geo: LevelGeometry, T: np.ndarray, side: str) -> list[str]:
+    s = 1.0 if side == "left" else -1.0
+    u = s * float(geo.to_local(T)[0])
+    hw = geo.half[0]
+    return ["ipsilateral" if u > hw / 6 else ("midline" if u >= -hw / 6 else "contralateral")]
 
 
 def _hash(T: np.ndarray, D: np.ndarray) -> str:

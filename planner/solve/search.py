@@ -57,6 +57,9 @@ class Candidates:
     f_min: np.ndarray  # smallest obstacle field value along the axis (mm)
     f_id: np.ndarray  # structure id at that point
     f_t: np.ndarray  # where (t)
+    t_cannula: np.ndarray  # where the working cannula's tip sits (t; CANNULA_IN_BODY_MM past the body entry)
+    f_min_outer: np.ndarray  # smallest F on the cannula part [t_cannula, t_skin]
+    f_id_outer: np.ndarray  # structure id there
     route: np.ndarray  # index into ROUTES
     pedicle_mm: np.ndarray  # axis length inside the pedicle of its side
     tilt_deg: np.ndarray
@@ -74,8 +77,37 @@ class Candidates:
         return self.target + self.t_skin[:, None] * self.direction
 
     @property
+    def cannula_tip(self) -> np.ndarray:
+        return self.target + self.t_cannula[:, None] * self.direction
+
+    @property
     def body_entry(self) -> np.ndarray:
         return self.target + self.t_body[:, None] * self.direction
+
+
+def _trace_min(grid, F, T, D, t, t_end, active, radius, smin, stop_below):
+    """Smallest sampled ``F`` along ``T + t D`` for t in [t0, t_end] (sphere tracing).
+
+    Returns ``(f_min (n,) float32, t_at_min (n,))``; a ray stops early once ``F`` drops
+    below ``stop_below`` (clearly colliding).  Empty intervals give ``+inf``.
+    """
+    n = len(T)
+    f_min = np.full(n, np.inf, np.float32)
+    f_t = t.copy()
+    active = active[t[active] <= t_end[active]]
+    for _ in range(4000):
+        if not len(active):
+            break
+        p = T[active] + t[active, None] * D[active]
+        f = grid.sample(F, p)
+        cur = f_min[active]
+        lower = f < cur
+        f_min[active] = np.where(lower, f, cur)
+        f_t[active] = np.where(lower, t[active], f_t[active])
+        t[active] += np.maximum(f - radius, smin)
+        gone = (t[active] > t_end[active]) | (f < stop_below)
+        active = active[~gone]
+    return f_min, f_t
 
 
 def field_tolerance(opt: SolverOptions, fields: LevelFields) -> float:
@@ -84,12 +116,28 @@ def field_tolerance(opt: SolverOptions, fields: LevelFields) -> float:
 
 
 def targets(geo: LevelGeometry, fields: LevelFields, opt: SolverOptions) -> np.ndarray:
-    """Target points (m, 3) in the anterior and middle thirds, paramedian, mid height."""
+    """Target points (m, 3) in the anterior and middle thirds, paramedian, mid height.
+
+    The grid of ``opt.target_grid`` over the normalised ranges, plus, for every (u, w)
+    column of it, the most anterior point that keeps ``target_margin_mm`` from the body's
+    surface (0.5 mm steps): the deepest target a kyphoplasty channel can aim at.
+    """
     nu, nv, nw = opt.target_grid
     u = np.linspace(-opt.target_u_fraction, opt.target_u_fraction, nu) * geo.half[0]
     v = np.linspace(*opt.target_v_range, nv) * geo.half[1]
     w = np.linspace(-opt.target_w_fraction, opt.target_w_fraction, nw) * geo.half[2]
     q = np.stack(np.meshgrid(u, v, w, indexing="ij"), -1).reshape(-1, 3)
+    # the anterior limit per column: scan v from in front of the body to its centre
+    vs = np.arange(geo.lo[1] - 2.0, 0.0, 0.5)
+    cu, cw = np.meshgrid(u, w, indexing="ij")
+    cols = np.stack([cu.ravel(), cw.ravel()], -1)
+    scan = np.stack(np.broadcast_arrays(cols[:, None, 0], vs[None, :], cols[:, None, 1]), -1)
+    sd = fields.local.sample(fields.body, geo.to_world(scan.reshape(-1, 3))).reshape(len(cols), len(vs))
+    ok = sd <= -opt.target_margin_mm
+    has = ok.any(1)
+    first = np.argmax(ok, axis=1)
+    front = np.stack([cols[:, 0], vs[first] + 0.5, cols[:, 1]], -1)[has]
+    q = np.concatenate([q, front])
     p = geo.to_world(q)
     inside = fields.local.sample(fields.body, p) <= -opt.target_margin_mm
     ok = inside & (fields.grid.sample(fields.F, p) > 0.0)
@@ -130,7 +178,8 @@ def evaluate(
     D = np.asarray(D, float).reshape(-1, 3)
     if n == 0:
         z = np.zeros(0)
-        return Candidates(T, D, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int32), z, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int16))
+        zi = np.zeros(0, np.int32)
+        return Candidates(T, D, np.zeros(0, np.int8), z, z, z, zi, z, z, z, zi, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int16))
     smin = float(opt.step_min_mm)
     # 1. leave the target body
     t_body = np.zeros(n)
@@ -160,25 +209,25 @@ def evaluate(
         gone = out | (t[active] > reach) | ~grid.inside(p, pad=-1.0)
         active = active[~gone]
     ts = np.nan_to_num(t_skin, nan=reach)
-    # 3. obstacles along [0, t_skin]; a candidate that clearly collides stops early (its
-    #    binding structure is the first one it hits going out from the target)
+    # 3. obstacles, in two parts: the cannula part [t_cannula, t_skin] (every instrument
+    #    passes it) first, then the channel [0, t_cannula] inside the body (only the straight
+    #    needle and the kyphoplasty channel / bone tamp use it; a curved needle leaves the
+    #    cannula tip on an arc instead).  A candidate that clearly collides on the cannula
+    #    part is decided there; its binding structure is the first it hits going out.
     stop_below = radius - float(tol) - 1.0
-    t = np.zeros(n)
-    f_min = np.full(n, np.inf, np.float32)
-    f_t = np.zeros(n)
-    active = np.arange(n)
-    for _ in range(4000):
-        if not len(active):
-            break
-        p = T[active] + t[active, None] * D[active]
-        f = grid.sample(fields.F, p)
-        cur = f_min[active]
-        lower = f < cur
-        f_min[active] = np.where(lower, f, cur)
-        f_t[active] = np.where(lower, t[active], f_t[active])
-        t[active] += np.maximum(f - radius, smin)
-        gone = (t[active] > ts[active]) | (f < stop_below)
-        active = active[~gone]
+    t_cannula = np.maximum(t_body - CANNULA_IN_BODY_MM, 0.0)
+    f_out, t_out = _trace_min(grid, fields.F, T, D, t_cannula.copy(), ts, np.arange(n), radius, smin, stop_below)
+    live = np.flatnonzero(f_out >= stop_below)
+    f_in = np.full(n, np.inf, np.float32)
+    t_in = np.zeros(n)
+    if len(live):
+        fi, ti = _trace_min(grid, fields.F, T[live], D[live], np.zeros(len(live)), t_cannula[live], np.arange(len(live)), radius, smin, stop_below)
+        f_in[live] = fi
+        t_in[live] = ti
+    inner_lower = f_in < f_out
+    f_min = np.where(inner_lower, f_in, f_out)
+    f_t = np.where(inner_lower, t_in, t_out)
+    f_id_outer = grid.nearest(fields.ID, T + t_out[:, None] * D)
     fp = T + f_t[:, None] * D
     f_id = grid.nearest(fields.ID, fp)
     # 4. route: pedicle passage behind the body entry, then where the body is entered
@@ -223,6 +272,9 @@ def evaluate(
         f_min=f_min.astype(float),
         f_id=f_id,
         f_t=f_t,
+        t_cannula=t_cannula,
+        f_min_outer=f_out.astype(float),
+        f_id_outer=f_id_outer,
         route=route,
         pedicle_mm=pedicle_mm,
         tilt_deg=tilt,
