@@ -200,6 +200,120 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_NO_SAFE_ROUTE if result["summary"]["levels_without_safe_route"] else EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Verdict and metrics of one given trajectory (exit 0 feasible, 4 not feasible)."""
+    import time
+
+    import numpy as np
+
+    from planner.solve.api import load_scene
+    from planner.solve.config import SolverOptions
+
+    def usage(msg: str) -> int:
+        print(f"planner evaluate: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.markups:
+        if args.entry is not None or args.target is not None:
+            return usage("give either --entry/--target or --markups, not both")
+        from planner.solve.markups import read_markups, select_trajectory
+
+        traj = select_trajectory(read_markups(args.markups, swap=args.swap), args.markup)
+        entry, target = traj.entry_lps, traj.target_lps
+        given = {"kind": "markups", "file": Path(args.markups).name, "markup": traj.name,
+                 "file_coordinate_system": traj.coordinate_system, "swapped": bool(args.swap)}
+    else:
+        if args.entry is None or args.target is None:
+            return usage("give the trajectory: --entry X Y Z --target X Y Z (LPS mm) or --markups FILE.mrk.json")
+        if args.swap or args.markup:
+            return usage("--swap and --markup apply to --markups only")
+        entry, target = np.array(args.entry, float), np.array(args.target, float)
+        given = {"kind": "arguments"}
+    opt = None
+    if args.options:
+        op = Path(args.options)
+        if not op.is_file():
+            raise PlannerError(f"options file {op} does not exist", code="PLN-IN-001")
+        try:
+            opt = SolverOptions.from_dict(json.loads(op.read_text()))
+        except json.JSONDecodeError as exc:
+            raise PlannerError(f"options file {op.name} is not valid JSON ({exc}); see planner.solve.config.SolverOptions", code="PLN-SOL-002") from exc
+    scene = load_scene(args.input, args.anchor)
+    from planner.solve.evaluate import evaluate_trajectory
+
+    t0 = time.perf_counter()
+    cand = dict(evaluate_trajectory(scene, args.level, entry, target, options=opt, side=args.side))
+    elapsed_s = time.perf_counter() - t0
+    cand.pop("run", None)  # timings stay out of the deterministic file
+
+    def finite(x):  # JSON has no NaN / infinity: an undefined value is written as null
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [finite(v) for v in x]
+        if isinstance(x, float | np.floating):
+            return float(x) if np.isfinite(x) else None
+        return x.item() if isinstance(x, np.generic) else x
+
+    cand = finite(cand)
+    record = {
+        "schema": "planner.evaluation",
+        "candidate_schema": "urn:spine-augment-planner:schema:plan:1.0#/$defs/candidate",
+        "frame": "LPS",
+        "units": "mm",
+        "scene": {"source": scene.source, "levels_found": list(scene.levels)},
+        "level": args.level,
+        "input": {"entry_lps_mm": [float(x) for x in entry], "target_lps_mm": [float(x) for x in target],
+                  "side": args.side, **given},
+        "options": (opt or SolverOptions()).to_dict(),
+        "candidate": cand,
+    }
+    out_path = None
+    if args.output:
+        from planner.solve.markups import candidates_to_markups, write_markups
+
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        out_path = out / "evaluation.json"
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        tmp.replace(out_path)
+        line = dict(cand)
+        for key, fallback in (("skin_entry_lps_mm", entry), ("target_lps_mm", target)):
+            if not (isinstance(line.get(key), list) and len(line[key]) == 3 and None not in line[key]):
+                line[key] = [float(x) for x in fallback]
+        line.setdefault("id", f"{args.level}-evaluated")
+        write_markups(candidates_to_markups([line]), out / "evaluation.mrk.json")
+    verdict = cand["verdict"]
+    feasible = bool(verdict["feasible"])
+    if args.json:
+        print(json.dumps({**record, "output": str(out_path) if out_path else None}, indent=1, sort_keys=True, default=str))
+    else:
+        m = cand.get("metrics", {})
+        b = verdict.get("binding") or {}
+        closest = m.get("closest_structure", {})
+        lines = {
+            "trajectory": f"{args.level} {cand.get('side')} {cand.get('route')} ({cand.get('id')})",
+            "verdict": ("FEASIBLE for " + ", ".join(verdict.get("instruments", [])) if feasible else
+                        "NOT FEASIBLE" + (f": {b.get('structure_display')} (clearance {b.get('clearance_mm')} mm, "
+                                          f"required {b.get('required_mm')} mm)" if b else "")),
+            "per_instrument": "; ".join(
+                f"{k}: " + ("ok" if v.get("feasible") else ", ".join(x.get("constraint", "?") for x in v.get("violations", [])))
+                for k, v in verdict.get("per_instrument", {}).items()
+            ),
+            "depth_mm": f"skin to target {m.get('skin_to_target_mm')}, in body {m.get('in_body_mm')}",
+            "angles_deg": f"tilt {m.get('tilt_from_vertical_deg')}, cranio-caudal {m.get('craniocaudal_deg')}, bone entry {m.get('bone_entry_angle_deg')}",
+            "axis_clearance_mm": ", ".join(
+                f"{k} {v}" + (f" ({closest[k]})" if k in closest else "") for k, v in m.get("axis_clearance_mm", {}).items() if v is not None
+            ),
+            "score": cand.get("score"),
+            "evaluation_s": f"{elapsed_s:.2f} (level fields built, then one trajectory scored)",
+            "output": str(out_path) if out_path else "(none; -o DIR writes evaluation.json)",
+        }
+        _report(args, lines)
+    return EXIT_OK if feasible else EXIT_NO_SAFE_ROUTE
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from planner.io import read_volume, write_dicom_series, write_volume
 
@@ -314,6 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--anchor", help="level anchor when an image has to be segmented first")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="verdict and metrics of one given trajectory (exit 0 feasible, 4 not feasible)",
+        description="Evaluate one needle trajectory, given as skin entry and target in LPS mm or as a 3D Slicer "
+                    "markups line (first control point = skin entry, second = target; RAS files are converted). "
+                    "Exit codes: 0 feasible for at least one instrument, 4 not feasible, 2 usage error, "
+                    "3 typed planner error (bad markups file, unknown level; code printed).",
+    )
+    ev.add_argument("-i", "--input", required=True,
+                    help="phantom case folder, 'planner segment' output folder, or an image (segmented first)")
+    ev.add_argument("--level", required=True, help="target level, e.g. L4")
+    ev.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="skin entry, LPS mm")
+    ev.add_argument("--target", type=float, nargs=3, metavar=("X", "Y", "Z"), help="target in the body, LPS mm")
+    ev.add_argument("--markups", metavar="FILE.mrk.json", help="Slicer markups file with the trajectory (a Line)")
+    ev.add_argument("--markup", metavar="NAME", help="name of the line to use when the markups file holds several")
+    ev.add_argument("--swap", action="store_true", help="markups: the first control point is the target")
+    ev.add_argument("--side", choices=("left", "right"), help="access side (default: from the trajectory)")
+    ev.add_argument("--options", help="JSON file of solver options (margins, limits; see docs)")
+    ev.add_argument("--anchor", help="level anchor when an image has to be segmented first")
+    ev.add_argument("-o", "--output", help="output folder: evaluation.json and evaluation.mrk.json")
+    ev.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    ev.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("convert", help="convert between DICOM/NIfTI/NRRD/MHA (LPS kept)")
     c.add_argument("-i", "--input", required=True)
