@@ -1,0 +1,735 @@
+"""Standard, bull's-eye and progression C-arm views of a trajectory, and view planning.
+
+Views (angles as in :mod:`planner.fluoro.carm`; the isocentre is the needle target)
+-----------------------------------------------------------------------------------
+* **AP**: ``lao = cran = 0`` (beam vertical, source under the table).
+* **lateral**: ``lao = +90`` (source on the patient's right, detector on the left) or
+  ``-90`` with ``side="right"``.
+* **bull's-eye**: the beam runs along the needle axis, from the target side toward the
+  skin entry (``d = (entry - target) / |entry - target|``).  With the isocentre on the
+  axis the source lies on the axis line too, so every point of the needle projects to the
+  detector centre (it is seen end-on, as for entry-point guidance).
+* **progression**: the beam is perpendicular to the needle, and of those directions the one
+  closest to the patient's left-right axis (``d = a - (a . n) n`` normalised, ``a`` the
+  lateral axis, ``n`` the needle direction): the C-arm is turned from a true lateral just
+  enough to see the needle at full length, so its depth toward the anterior body and the
+  posterior wall shows.  Of the two opposite beams the one with the source below the table
+  (``d_y >= 0``) is used.
+
+View planning
+-------------
+:func:`plan_views` scores a grid of C-arm poses (default LAO/RAO -60..60 deg x cranial /
+caudal -40..40 deg in 5 deg steps: 425 poses) for one trajectory, *analytically*: each
+hardware cylinder (screw shank and tulip, rod and cross-link segments) projects to a 2-D
+capsule on the detector (the segment between its projected end points, half-width its
+radius times the magnification at each end, linearly tapered); three kinds of query discs
+are tested against the capsules:
+
+* ``path``: ``path_samples`` points along the needle (skin entry -> target, then the curved
+  extension), each a disc of the needle's radius;
+* ``tip``: the needle tip, a disc of ``tip_radius_mm``;
+* ``wall``: posterior-wall points of the target vertebral body, discs of ``wall_radius_mm``
+  (:func:`posterior_wall_points` extracts them from a label map).
+
+Radii are in mm at the object, projected with each point's own magnification.  The
+fraction of a disc (radius ``rho``) covered by one capsule is that of the strip
+``|distance to the capsule axis| <= R`` treating the axis as straight across the disc:
+``g((dist - R) / rho) - g((dist + R) / rho)`` with ``g(x) = (acos x - x sqrt(1 - x^2)) / pi``
+(the disc fraction beyond a chord at signed distance ``x rho``); several capsules combine as
+``1 - prod(1 - f)``.  A term is the mean covered fraction of its discs; the view's overlap
+is the weighted mean of the three terms (weights ``path 0.3, tip 0.35, wall 0.35`` [U]:
+the tip and the posterior wall are what the operator must see, the domain document), and
+``visibility = 1 - overlap`` of the best view, in [0, 1].  Everything is vectorised over
+poses, query points and capsules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.fluoro.carm import CArm, angles_from_direction, project_many, projection_matrices
+from planner.fluoro.geometry import (
+    Cylinders,
+    FluoroError,
+    as_points,
+    implant_cylinders,
+    metal_mu,
+    polyline_cylinders,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _default_needle_radius() -> float:
+    from planner.instruments import get_instrument
+
+    return float(get_instrument("needle_11g").radius_mm)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A needle path in LPS mm.
+
+    Attributes
+    ----------
+    entry_lps : (3,) float
+        Skin entry.
+    target_lps : (3,) float
+        End of the straight needle (its tip, or the cannula tip a curved needle leaves).
+    radius_mm : float
+        Needle outer radius: the 11 G needle of :mod:`planner.instruments` (1.525 mm).
+    curve_lps : (n, 3) float or None
+        Curved extension beyond ``target_lps`` (its first point at the target), e.g. from
+        :func:`planner.instruments.curved_needle_centreline`.
+    curve_radius_mm : float or None
+        Radius of the curved part; ``None`` = ``radius_mm``.
+    material : str
+        Needle material for the DRR (``stainless_steel``).
+    name : str
+    """
+
+    entry_lps: np.ndarray
+    target_lps: np.ndarray
+    radius_mm: float = field(default_factory=_default_needle_radius)
+    curve_lps: np.ndarray | None = None
+    curve_radius_mm: float | None = None
+    material: str = "stainless_steel"
+    name: str = "needle"
+
+    def __post_init__(self) -> None:
+        e = as_points(self.entry_lps, "trajectory entry")[0]
+        t = as_points(self.target_lps, "trajectory target")[0]
+        if np.linalg.norm(e - t) < 1e-6:
+            raise FluoroError("trajectory entry and target coincide", code="PLN-FLU-003")
+        if not self.radius_mm > 0:
+            raise FluoroError("needle radius must be > 0", code="PLN-FLU-003")
+        object.__setattr__(self, "entry_lps", e)
+        object.__setattr__(self, "target_lps", t)
+        if self.curve_lps is not None:
+            c = as_points(self.curve_lps, "curved extension")
+            if len(c) < 2:
+                raise FluoroError("curved extension needs >= 2 points", code="PLN-FLU-003")
+            object.__setattr__(self, "curve_lps", c)
+        metal_mu(self.material)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit vector entry -> target, (3,)."""
+        d = self.target_lps - self.entry_lps
+        return d / np.linalg.norm(d)
+
+    @property
+    def length_mm(self) -> float:
+        return float(np.linalg.norm(self.target_lps - self.entry_lps))
+
+    @property
+    def tip_lps(self) -> np.ndarray:
+        """Where the needle ends: the end of the curved extension, else the target."""
+        return self.curve_lps[-1].copy() if self.curve_lps is not None else self.target_lps.copy()
+
+    def path_points(self, n: int) -> np.ndarray:
+        """``n`` points along the needle (entry -> target -> curve), equally spaced by arc length, (n, 3)."""
+        pts = np.vstack([self.entry_lps, self.target_lps] + ([self.curve_lps[1:]] if self.curve_lps is not None else []))
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        q = np.linspace(0.0, s[-1], max(2, int(n)))
+        return np.stack([np.interp(q, s, pts[:, i]) for i in range(3)], axis=1)
+
+    def cylinders(self) -> Cylinders:
+        """The needle as cylinders (straight shaft, then the curve's segments)."""
+        mu = metal_mu(self.material)
+        shaft = Cylinders(
+            self.entry_lps[None], self.target_lps[None], np.array([self.radius_mm]), np.array([mu]), (self.name,)
+        )
+        if self.curve_lps is None:
+            return shaft
+        r = self.curve_radius_mm or self.radius_mm
+        return Cylinders.concat([shaft, polyline_cylinders(self.curve_lps, r, mu, self.name)])
+
+    @classmethod
+    def from_candidate(cls, cand: dict[str, Any], **kw: Any) -> Trajectory:
+        """From a plan candidate with ``skin_entry_lps_mm`` and ``target_lps_mm`` keys."""
+        try:
+            return cls(np.asarray(cand["skin_entry_lps_mm"], float), np.asarray(cand["target_lps_mm"], float), **kw)
+        except KeyError as exc:
+            raise FluoroError(
+                f"plan candidate lacks {exc.args[0]!r}; it needs skin_entry_lps_mm and target_lps_mm",
+                code="PLN-FLU-003",
+            ) from None
+
+
+def as_trajectory(t) -> Trajectory:
+    """A :class:`Trajectory` from itself, a plan candidate dict or an ``(entry, target)`` pair."""
+    if isinstance(t, Trajectory):
+        return t
+    if isinstance(t, dict):
+        return Trajectory.from_candidate(t)
+    try:
+        e, g = t
+    except (TypeError, ValueError):
+        raise FluoroError(
+            "trajectory must be a Trajectory, a plan candidate or an (entry, target) pair", code="PLN-FLU-003"
+        ) from None
+    return Trajectory(np.asarray(e, float), np.asarray(g, float))
+
+
+# ---- standard views ----------------------------------------------------------------------
+def ap_view(isocentre_lps, carm: CArm | None = None) -> CArm:
+    """AP view of a prone patient (beam vertical, source under the table) at an isocentre."""
+    return (carm or CArm()).posed(0.0, 0.0, isocentre_lps)
+
+
+def lateral_view(isocentre_lps, carm: CArm | None = None, side: str = "left") -> CArm:
+    """Lateral view: ``side`` is where the detector is (``"left"``: ``lao = +90``)."""
+    if side not in ("left", "right"):
+        raise FluoroError(f"side must be 'left' or 'right', got {side!r}", code="PLN-FLU-003")
+    return (carm or CArm()).posed(90.0 if side == "left" else -90.0, 0.0, isocentre_lps)
+
+
+def bullseye_view(trajectory, carm: CArm | None = None) -> CArm:
+    """Beam along the needle axis (module docstring); isocentre at the target."""
+    t = as_trajectory(trajectory)
+    lao, cran = angles_from_direction(t.entry_lps - t.target_lps)
+    return (carm or CArm()).posed(lao, cran, t.target_lps)
+
+
+def progression_view(trajectory, carm: CArm | None = None, lateral_axis=(1.0, 0.0, 0.0)) -> CArm:
+    """Beam perpendicular to the needle, closest to ``lateral_axis`` (module docstring).
+
+    Parameters
+    ----------
+    trajectory : Trajectory, candidate dict or (entry, target)
+    carm : CArm, optional
+    lateral_axis : (3,) float
+        The patient's (or the vertebra's) left-right axis in LPS; default LPS x.
+    """
+    t = as_trajectory(trajectory)
+    n = t.direction
+    a = np.asarray(lateral_axis, float).reshape(3)
+    d = a - (a @ n) * n
+    if np.linalg.norm(d) < 1e-6:  # needle along the lateral axis: fall back to AP-perpendicular
+        y = np.array([0.0, 1.0, 0.0])
+        d = y - (y @ n) * n
+    d = d / np.linalg.norm(d)
+    if d[1] < 0:
+        d = -d
+    lao, cran = angles_from_direction(d)
+    return (carm or CArm()).posed(lao, cran, t.target_lps)
+
+
+# ---- posterior wall -----------------------------------------------------------------------
+def posterior_wall_points(
+    labels,
+    level: str,
+    posterior_lps=(0.0, 1.0, 0.0),
+    max_points: int = 150,
+    max_normal_angle_deg: float = 50.0,
+    smoothing_vox: float = 1.0,
+) -> np.ndarray:
+    """Points on the posterior surface of a vertebral body from a label map.
+
+    The ``<level>_body`` voxels (registry id from ``planner.labels.registry.LABEL_IDS``)
+    on the body's boundary whose outward normal (gradient of the Gaussian-smoothed body
+    mask, ``smoothing_vox`` voxels) is within ``max_normal_angle_deg`` of
+    ``posterior_lps`` and which lie behind the body's centroid, leaving out voxels that
+    touch the level's pedicle labels (the pedicle roots are not wall); thinned to at most
+    ``max_points`` by farthest-point sampling (deterministic, starting next to the centroid
+    of the candidates).
+
+    Parameters
+    ----------
+    labels : Volume
+        Label map (registry ids), any grid.
+    level : str
+        ``"L3"`` etc.
+    posterior_lps : (3,) float
+        The posterior direction: LPS +y, or a vertebral frame's ``v`` axis.
+    max_points : int
+    max_normal_angle_deg : float
+        50 deg [U].
+    smoothing_vox : float
+        1 voxel [U].
+
+    Returns
+    -------
+    (n, 3) float
+        LPS mm.
+    """
+    from scipy import ndimage
+
+    from planner.labels.registry import label_id, level_label
+
+    body_id = label_id(level_label(level, "body"))
+    ped_ids = [label_id(level_label(level, p)) for p in ("pedicle_left", "pedicle_right")]
+    arr = np.asarray(labels.array)
+    mask_full = arr == body_id
+    if not mask_full.any():
+        raise FluoroError(
+            f"label {level}_body (id {body_id}) is absent from the label map; segment the level first",
+            code="PLN-FLU-004",
+            details={"level": level},
+        )
+    idx = np.argwhere(mask_full)
+    lo = np.maximum(idx.min(0) - 3, 0)
+    hi = np.minimum(idx.max(0) + 4, arr.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    mask = mask_full[sl]
+    ped = np.isin(arr[sl], ped_ids)
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    boundary &= ~ndimage.binary_dilation(ped)
+    sm = ndimage.gaussian_filter(mask.astype(np.float32), smoothing_vox)
+    g = np.stack(np.gradient(sm), axis=-1)[boundary]  # (n, 3) d/d(ijk)
+    B = labels.ijk_from_lps[:3, :3]
+    n_lps = -(g @ B)  # outward normal = -grad in LPS (grad_x = B^T grad_ijk)
+    nrm = np.linalg.norm(n_lps, axis=1)
+    ok = nrm > 1e-9
+    ijk = np.argwhere(boundary) + lo
+    pts = labels.lps_from_index(ijk.astype(float))
+    post = np.asarray(posterior_lps, float).reshape(3)
+    post = post / np.linalg.norm(post)
+    centroid = labels.lps_from_index(idx.mean(0)[None])[0]
+    cosang = np.where(ok, (n_lps @ post) / np.where(ok, nrm, 1.0), -1.0)
+    keep = (cosang >= np.cos(np.deg2rad(max_normal_angle_deg))) & ((pts - centroid) @ post > 0)
+    pts = pts[keep]
+    if len(pts) == 0:
+        raise FluoroError(
+            f"no posterior-facing surface found on {level}_body", code="PLN-FLU-004", details={"level": level}
+        )
+    return farthest_point_sample(pts, max_points)
+
+
+def farthest_point_sample(points: np.ndarray, k: int) -> np.ndarray:
+    """At most ``k`` of ``points`` (n, 3) spread evenly (deterministic farthest-point sampling)."""
+    p = np.asarray(points, float)
+    if len(p) <= k:
+        return p.copy()
+    i = int(np.argmin(np.linalg.norm(p - p.mean(0), axis=1)))
+    chosen = [i]
+    d = np.linalg.norm(p - p[i], axis=1)
+    for _ in range(k - 1):
+        i = int(np.argmax(d))
+        chosen.append(i)
+        d = np.minimum(d, np.linalg.norm(p - p[i], axis=1))
+    return p[np.sort(chosen)]
+
+
+# ---- view planning ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ViewSearchSettings:
+    """Settings of the C-arm view search (all documented, overridable).
+
+    Attributes
+    ----------
+    lao_range_deg, cran_range_deg : (2,) float
+        Searched angles: LAO/RAO -60..60, cranial/caudal -40..40 deg [U] (what a mobile
+        C-arm reaches over a prone patient without collision, and the obliques used in
+        practice).
+    lao_step_deg, cran_step_deg : float
+        Grid steps: 5 deg (25 x 17 = 425 poses).
+    tip_radius_mm : float
+        Disc around the tip that must be seen: 3 mm [U] (about two needle diameters).
+    wall_radius_mm : float
+        Disc around each posterior-wall point: 2 mm [U].
+    path_samples : int
+        Points along the needle: 32.
+    weights : dict
+        ``path``, ``tip``, ``wall``: 0.3, 0.35, 0.35 [U].
+    rod_simplify_mm : float
+        Douglas-Peucker tolerance for rod centre lines in the scoring: 0.5 mm.
+    angle_tiebreak_per_deg : float
+        Added to the overlap per degree of ``|lao| + |cran|`` so that of equally clear
+        views the one closer to AP ranks first: 1e-4 (a 10-deg difference is 0.002).
+    min_separation_deg : float
+        Suggested views differ by at least this much in one of the angles: 15 deg.
+    """
+
+    lao_range_deg: tuple[float, float] = (-60.0, 60.0)
+    lao_step_deg: float = 5.0
+    cran_range_deg: tuple[float, float] = (-40.0, 40.0)
+    cran_step_deg: float = 5.0
+    tip_radius_mm: float = 3.0
+    wall_radius_mm: float = 2.0
+    path_samples: int = 32
+    weights: dict[str, float] = field(default_factory=lambda: {"path": 0.3, "tip": 0.35, "wall": 0.35})
+    rod_simplify_mm: float = 0.5
+    angle_tiebreak_per_deg: float = 1e-4
+    min_separation_deg: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm"):
+            if not float(getattr(self, name)) > 0:
+                raise FluoroError(f"{name} must be > 0", code="PLN-FLU-001")
+        if self.path_samples < 2:
+            raise FluoroError("path_samples must be >= 2", code="PLN-FLU-001")
+        w = {"path": 0.0, "tip": 0.0, "wall": 0.0}
+        for k, v in dict(self.weights).items():
+            if k not in w or not float(v) >= 0:
+                raise FluoroError(f"weights: unknown key {k!r} or negative value", code="PLN-FLU-001")
+            w[k] = float(v)
+        if sum(w.values()) <= 0:
+            raise FluoroError("weights must not all be 0", code="PLN-FLU-001")
+        object.__setattr__(self, "weights", w)
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lao, cran)`` of every searched pose, each (p,), LAO-major order."""
+        la = np.arange(self.lao_range_deg[0], self.lao_range_deg[1] + 1e-9, self.lao_step_deg)
+        cr = np.arange(self.cran_range_deg[0], self.cran_range_deg[1] + 1e-9, self.cran_step_deg)
+        A, C = np.meshgrid(la, cr, indexing="ij")
+        return A.ravel(), C.ravel()
+
+
+def _g(x: np.ndarray) -> np.ndarray:
+    """Fraction of a unit disc beyond the chord at signed distance ``x``."""
+    x = np.clip(x, -1.0, 1.0)
+    return (np.arccos(x) - x * np.sqrt(1.0 - x * x)) / np.pi
+
+
+def _coverage(q: np.ndarray, rho: np.ndarray, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    """Covered fraction of query discs by the union of capsules, per pose.
+
+    Parameters
+    ----------
+    q : (p, m, 2) float
+        Disc centres, pixels.
+    rho : (p, m) float
+        Disc radii, pixels.
+    a, b : (p, h, 2) float
+        Capsule axis end points, pixels.
+    ra, rb : (p, h) float
+        Capsule half-widths at ``a`` and ``b``, pixels.
+
+    Returns
+    -------
+    (p, m) float
+    """
+    if a.shape[1] == 0:
+        return np.zeros(q.shape[:2])
+    f32 = np.float32
+    qx, qy = q[:, :, None, 0].astype(f32), q[:, :, None, 1].astype(f32)  # (p, m, 1)
+    ax, ay = a[:, None, :, 0].astype(f32), a[:, None, :, 1].astype(f32)  # (p, 1, h)
+    abx, aby = (b[:, None, :, 0] - a[:, None, :, 0]).astype(f32), (b[:, None, :, 1] - a[:, None, :, 1]).astype(f32)
+    L2 = abx * abx + aby * aby
+    dx, dy = qx - ax, qy - ay  # (p, m, h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(L2 > 1e-12, (dx * abx + dy * aby) / L2, f32(0.0))
+    np.clip(t, 0.0, 1.0, out=t)
+    dx -= t * abx
+    dy -= t * aby
+    dist = np.sqrt(dx * dx + dy * dy)
+    R = ra[:, None, :].astype(f32) + t * (rb - ra)[:, None, :].astype(f32)
+    r = rho[:, :, None].astype(f32)
+    near = dist - R < r  # only these discs touch the capsule's strip
+    f = np.zeros(dist.shape, np.float64)
+    if near.any():
+        rn = np.broadcast_to(r, dist.shape)[near].astype(float)
+        dn, Rn = dist[near].astype(float), R[near].astype(float)
+        f[near] = np.clip(_g((dn - Rn) / rn) - _g((dn + Rn) / rn), 0.0, 1.0)
+    return 1.0 - np.prod(1.0 - f, axis=2)
+
+
+def score_poses(
+    trajectory,
+    hardware,
+    wall_points,
+    lao_deg,
+    cran_deg,
+    settings: ViewSearchSettings | None = None,
+    carm: CArm | None = None,
+) -> dict[str, np.ndarray]:
+    """Hardware overlap terms of C-arm poses for one trajectory (module docstring).
+
+    Parameters
+    ----------
+    trajectory : Trajectory, candidate dict or (entry, target)
+    hardware : iterable of Screw, Rod, CrossLink or Cylinders
+    wall_points : (w, 3) float or None
+        Posterior-wall points (LPS mm); ``None`` or empty scores the wall term 0.
+    lao_deg, cran_deg : (p,) float
+    settings : ViewSearchSettings, optional
+    carm : CArm, optional
+        Geometry (SDD, SID, detector); angles and isocentre are replaced.
+
+    Returns
+    -------
+    dict
+        ``lao``, ``cran`` (p,), ``path``, ``tip``, ``wall`` (covered fractions in [0, 1])
+        and ``overlap`` (their weighted mean), each (p,).
+    """
+    s = settings or ViewSearchSettings()
+    c = carm or CArm()
+    t = as_trajectory(trajectory)
+    lao = np.atleast_1d(np.asarray(lao_deg, float))
+    cran = np.atleast_1d(np.asarray(cran_deg, float))
+    lao, cran = np.broadcast_arrays(lao, cran)
+    if lao.ndim != 1 or lao.size == 0 or not (np.all(np.isfinite(lao)) and np.all(np.isfinite(cran))):
+        raise FluoroError("poses must be finite 1-D angle arrays", code="PLN-FLU-003")
+    cyl = implant_cylinders(hardware, s.rod_simplify_mm)
+    W = np.zeros((0, 3)) if wall_points is None or len(wall_points) == 0 else as_points(wall_points, "wall_points")
+    path = t.path_points(s.path_samples)
+    tip = t.tip_lps[None]
+    h = len(cyl)
+    pts = np.vstack([cyl.p0, cyl.p1, path, tip, W])
+    P = projection_matrices(c, lao, cran, t.target_lps)
+    pix, depth = project_many(P, pts)
+    if np.any(depth <= 1.0):
+        raise FluoroError(
+            "a hardware or query point lies at or behind the X-ray source in some pose; "
+            "check the trajectory and hardware coordinates (LPS mm)",
+            code="PLN-FLU-003",
+        )
+    scale = c.source_to_detector_mm / (depth * (0.5 * sum(c.pixel_pitch_mm)))  # px per mm at each point
+    a, b = pix[:, :h], pix[:, h : 2 * h]
+    ra, rb = cyl.radius[None] * scale[:, :h], cyl.radius[None] * scale[:, h : 2 * h]
+    o = 2 * h
+    n_path = len(path)
+    q = pix[:, o:]
+    rho = np.concatenate(
+        [
+            np.full((1, n_path), t.radius_mm),
+            np.full((1, 1), s.tip_radius_mm),
+            np.full((1, len(W)), s.wall_radius_mm),
+        ],
+        axis=1,
+    ) * scale[:, o:]
+    cov = _coverage(q, rho, a, b, ra, rb)
+    path_c = cov[:, :n_path].mean(axis=1)
+    tip_c = cov[:, n_path]
+    wall_c = cov[:, n_path + 1 :].mean(axis=1) if len(W) else np.zeros(len(lao))
+    w = s.weights
+    if len(W):
+        overlap = (w["path"] * path_c + w["tip"] * tip_c + w["wall"] * wall_c) / (w["path"] + w["tip"] + w["wall"])
+    else:
+        overlap = (w["path"] * path_c + w["tip"] * tip_c) / max(w["path"] + w["tip"], 1e-12)
+    return {"lao": lao.copy(), "cran": cran.copy(), "path": path_c, "tip": tip_c, "wall": wall_c, "overlap": overlap}
+
+
+@dataclass
+class ViewPlan:
+    """Result of :func:`plan_views`.
+
+    Attributes
+    ----------
+    scores : dict of (p,) arrays
+        ``lao``, ``cran``, ``path``, ``tip``, ``wall``, ``overlap`` of every searched pose.
+    order : (p,) int
+        Pose indices, best first (overlap plus the angle tie-break, then angles).
+    reference : dict
+        The same terms for the AP and lateral views (``"ap"``, ``"lateral"``).
+    settings : ViewSearchSettings
+    seconds : float
+        Time of the search (scoring every pose).
+    """
+
+    scores: dict[str, np.ndarray]
+    order: np.ndarray
+    reference: dict[str, dict[str, float]]
+    settings: ViewSearchSettings
+    seconds: float
+
+    @property
+    def n_poses(self) -> int:
+        return int(len(self.order))
+
+    def view(self, i: int) -> dict[str, float]:
+        """Angles and terms of pose ``i`` (an index into ``scores``)."""
+        return {k: round(float(v[i]), 6) for k, v in self.scores.items()}
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.view(int(self.order[0]))
+
+    @property
+    def visibility(self) -> float:
+        """``1 - overlap`` of the best view, in [0, 1]."""
+        return float(np.clip(1.0 - self.scores["overlap"][self.order[0]], 0.0, 1.0))
+
+    def ranked(self, n: int | None = None) -> list[dict[str, float]]:
+        """The ``n`` best poses (all when ``None``), best first."""
+        idx = self.order if n is None else self.order[:n]
+        return [self.view(int(i)) for i in idx]
+
+    def suggestions(self, k: int = 3) -> list[dict[str, float]]:
+        """The best ``k`` views that differ pairwise by ``min_separation_deg`` in an angle."""
+        sep = self.settings.min_separation_deg
+        out: list[int] = []
+        la, cr = self.scores["lao"], self.scores["cran"]
+        for i in self.order:
+            if all(max(abs(la[i] - la[j]), abs(cr[i] - cr[j])) >= sep for j in out):
+                out.append(int(i))
+            if len(out) == k:
+                break
+        return [self.view(i) for i in out]
+
+    def to_dict(self, n: int = 10) -> dict[str, Any]:
+        """JSON-ready summary (deterministic: no timings)."""
+        return {
+            "n_poses": self.n_poses,
+            "best": self.best,
+            "visibility": round(self.visibility, 6),
+            "suggestions": self.suggestions(),
+            "top": self.ranked(n),
+            "reference": self.reference,
+        }
+
+
+def plan_views(
+    trajectory,
+    hardware,
+    wall_points,
+    settings: ViewSearchSettings | None = None,
+    carm: CArm | None = None,
+    lateral_side: str = "left",
+) -> ViewPlan:
+    """Search the C-arm pose grid for the views that best show the needle, tip and wall.
+
+    Parameters
+    ----------
+    trajectory : Trajectory, candidate dict or (entry, target)
+    hardware : iterable of Screw, Rod, CrossLink or Cylinders
+    wall_points : (w, 3) float or None
+        Posterior-wall points, e.g. :func:`posterior_wall_points`.
+    settings : ViewSearchSettings, optional
+    carm : CArm, optional
+    lateral_side : str
+        Detector side of the reference lateral view.
+
+    Returns
+    -------
+    ViewPlan
+    """
+    s = settings or ViewSearchSettings()
+    lao, cran = s.grid()
+    t0 = time.perf_counter()
+    sc = score_poses(trajectory, hardware, wall_points, lao, cran, s, carm)
+    seconds = time.perf_counter() - t0
+    key = sc["overlap"] + s.angle_tiebreak_per_deg * (np.abs(lao) + np.abs(cran))
+    order = np.lexsort((cran, lao, np.round(key, 9)))
+    ref_angles = {"ap": (0.0, 0.0), "lateral": (90.0 if lateral_side == "left" else -90.0, 0.0)}
+    ref = score_poses(
+        trajectory, hardware, wall_points, [a for a, _ in ref_angles.values()], [c for _, c in ref_angles.values()], s, carm
+    )
+    reference = {
+        name: {k: round(float(v[i]), 6) for k, v in ref.items()} for i, name in enumerate(ref_angles)
+    }
+    log.debug("view search: %d poses in %.3f s", len(lao), seconds)
+    return ViewPlan(sc, order, reference, s, seconds)
+
+
+def visibility_score(
+    trajectory,
+    hardware,
+    wall_points,
+    settings: ViewSearchSettings | None = None,
+    carm: CArm | None = None,
+) -> float:
+    """Fluoroscopic visibility of a trajectory in [0, 1]: ``1 - overlap`` of its best view.
+
+    1 means some C-arm pose of the search grid shows the needle path, tip and posterior
+    wall free of hardware shadow; 0 that every pose hides them completely.  For the
+    solver's ``visibility`` score term.
+    """
+    return plan_views(trajectory, hardware, wall_points, settings, carm).visibility
+
+
+# ---- images -----------------------------------------------------------------------------------
+def standard_views(trajectory, carm: CArm | None = None, view_plan: ViewPlan | None = None) -> dict[str, CArm]:
+    """AP, lateral, bull's-eye, progression and (with a plan) best-oblique views of a trajectory."""
+    t = as_trajectory(trajectory)
+    views = {
+        "ap": ap_view(t.target_lps, carm),
+        "lateral": lateral_view(t.target_lps, carm),
+        "bullseye": bullseye_view(t, carm),
+        "progression": progression_view(t, carm),
+    }
+    if view_plan is not None:
+        b = view_plan.best
+        views["best_oblique"] = (carm or CArm()).posed(b["lao"], b["cran"], t.target_lps)
+    return views
+
+
+def _disc_mask(shape, centre, radius) -> np.ndarray:
+    r, c = np.ogrid[: shape[0], : shape[1]]
+    return (c - centre[0]) ** 2 + (r - centre[1]) ** 2 <= radius**2
+
+
+def write_view_pngs(
+    ct,
+    trajectory,
+    hardware,
+    out_dir: str | Path,
+    wall_points=None,
+    carm: CArm | None = None,
+    drr_settings=None,
+    search_settings: ViewSearchSettings | None = None,
+    overlay: bool = True,
+) -> dict[str, Path]:
+    """Write DRR PNGs of the AP, lateral, bull's-eye, progression and best oblique views.
+
+    Parameters
+    ----------
+    ct : Volume
+        CT in HU.
+    trajectory : Trajectory, candidate dict or (entry, target)
+    hardware : iterable of Screw, Rod, CrossLink
+    out_dir : path
+        Created if needed; gets ``<view>.png`` (grey DRR), with ``overlay`` also
+        ``<view>_overlay.png`` (tip disc outline yellow, wall points cyan) and
+        ``views.json`` (angles, overlap terms, window; no timings, so it is deterministic).
+    wall_points : (w, 3) float, optional
+    carm : CArm, optional
+    drr_settings : DRRSettings, optional
+    search_settings : ViewSearchSettings, optional
+    overlay : bool
+
+    Returns
+    -------
+    dict
+        View name -> PNG path.
+    """
+    from planner.errors import optional_import
+    from planner.fluoro.drr import renderer_for
+
+    Image = optional_import("PIL.Image", "writing fluoroscopy PNGs", "render")
+    t = as_trajectory(trajectory)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s = search_settings or ViewSearchSettings()
+    vp = plan_views(t, hardware, wall_points, s, carm)
+    views = standard_views(t, carm, vp)
+    rend = renderer_for(ct, drr_settings)
+    written: dict[str, Path] = {}
+    meta: dict[str, Any] = {"views": {}, "view_search": vp.to_dict(5)}
+    for name, c in views.items():
+        im = rend.render(c, hardware, [t])
+        g = im.to_uint8()
+        p = out / f"{name}.png"
+        Image.fromarray(g).save(p)
+        written[name] = p
+        terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm)
+        meta["views"][name] = {
+            "carm": c.describe(),
+            "overlap": {k: round(float(v[0]), 6) for k, v in terms.items() if k not in ("lao", "cran")},
+            "window": [round(x, 4) for x in im.window()],
+        }
+        if overlay:
+            rgb = np.repeat(g[:, :, None], 3, axis=2)
+            scale = c.magnification / (0.5 * sum(c.pixel_pitch_mm))
+            tip_px = c.project(t.tip_lps[None])[0]
+            rr = s.tip_radius_mm * scale
+            ring = _disc_mask(g.shape, tip_px, rr + 1.5) & ~_disc_mask(g.shape, tip_px, max(rr - 0.5, 0))
+            rgb[ring] = (255, 220, 0)
+            if wall_points is not None and len(wall_points):
+                for u, v in c.project(as_points(wall_points, "wall_points")):
+                    if np.isfinite(u) and 0 <= int(round(v)) < g.shape[0] and 0 <= int(round(u)) < g.shape[1]:
+                        rgb[_disc_mask(g.shape, (u, v), 1.6)] = (0, 200, 255)
+            Image.fromarray(rgb).save(out / f"{name}_overlay.png")
+    (out / "views.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("wrote %d view PNGs to %s", len(written), out)
+    return written
