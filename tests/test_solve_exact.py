@@ -229,9 +229,13 @@ def test_mesh_culling_vs_brute_force(rng):
     d, hit = md.segment_distance(p0, p1)
     A, B, C = (mesh.vertices[mesh.faces[:, k]] for k in range(3))
     bf, bh = ex.segment_triangle_distance(p0[:, None], p1[:, None], A[None], B[None], C[None])
-    np.testing.assert_array_equal(d, bf.min(axis=1))
+    np.testing.assert_allclose(d, bf.min(axis=1), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(hit, bh.any(axis=1))
     assert hit.sum() >= 10 and (~hit).sum() >= 10
+    # the compiled depth-first traversal and the numpy level-by-level one agree
+    dn, hn = md.segment_distance(p0, p1, method="numpy")
+    np.testing.assert_allclose(d, dn, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(hit, hn)
 
 
 def test_mesh_cylinder_analytic():

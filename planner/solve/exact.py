@@ -42,7 +42,9 @@ not import this module.
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +59,25 @@ TOUCH_MM = 1e-12
 
 
 # ------------------------------------------------------------------------------- helpers
+log = logging.getLogger(__name__)
+
+_KERNELS: Any = None
+
+
+def _kernels():
+    """:mod:`planner.solve.kernels` when numba is importable, else None (numpy paths)."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from planner.solve import kernels
+
+            _KERNELS = kernels
+        except ImportError as e:  # pragma: no cover - numba is a dependency
+            log.warning("compiled kernels unavailable (%s); using the numpy implementations", e)
+            _KERNELS = False
+    return _KERNELS or None
+
+
 def _f64(x) -> Array:
     return np.asarray(x, dtype=np.float64)
 
@@ -581,10 +602,16 @@ class MeshDistance:
         def to_seg(x: Array, a: Array, b: Array) -> Array:
             return _norm(x - a) if is_point else point_segment_distance(x, a, b)
 
-        for k, lv in enumerate(self.levels):
+        # visit a subset of the levels (branching 2**3 between them): fewer, larger steps
+        visit = sorted({*range(0, len(self.levels), 3), len(self.levels) - 1})
+        prev = 0
+        for k in visit:
+            lv = self.levels[k]
             if k > 0:
-                seg = np.repeat(seg, 2)
-                node = (2 * node[:, None] + np.array([0, 1])).ravel()
+                fan = 1 << (k - prev)
+                seg = np.repeat(seg, fan)
+                node = (fan * node[:, None] + np.arange(fan)).ravel()
+            prev = k
             a, b = p0[seg], p1[seg]
             np.minimum.at(dist, seg, to_seg(lv.rep[node], a, b))
             lb = to_seg(lv.centre[node], a, b) - lv.radius[node]
@@ -613,7 +640,21 @@ class MeshDistance:
         hit[seg[h]] = True
         return dist, hit
 
-    def segment_distance(self, p0, p1, max_distance: float = np.inf, chunk: int = 2048) -> tuple[Array, Array]:
+    def _flat(self):
+        """Node arrays flattened over the levels in heap order (for the compiled kernel)."""
+        if getattr(self, "_flat_cache", None) is None:
+            lv = self.levels
+            self._flat_cache = (
+                np.ascontiguousarray(np.concatenate([x.bmin for x in lv])),
+                np.ascontiguousarray(np.concatenate([x.bmax for x in lv])),
+                np.ascontiguousarray(np.concatenate([x.centre for x in lv])),
+                np.ascontiguousarray(np.concatenate([x.radius for x in lv])),
+                np.ascontiguousarray(lv[-1].starts.astype(np.int64)),
+                np.ascontiguousarray(lv[-1].counts.astype(np.int64)),
+            )
+        return self._flat_cache
+
+    def segment_distance(self, p0, p1, max_distance: float = np.inf, chunk: int = 2048, method: str = "auto") -> tuple[Array, Array]:
         """Exact unsigned distance between segments and the mesh surface (mm).
 
         Parameters
@@ -625,6 +666,10 @@ class MeshDistance:
             (a lower bound); below it the distance is exact.
         chunk : int
             Segments processed per batch (memory bound only; results do not depend on it).
+        method : {"auto", "compiled", "numpy"}
+            ``"compiled"``: the depth-first kernel of :mod:`planner.solve.kernels` (numba);
+            ``"numpy"``: the level-by-level vectorised traversal here; ``"auto"``: compiled
+            when numba imports.  Both are exact and agree to round-off.
 
         Returns
         -------
@@ -637,6 +682,16 @@ class MeshDistance:
         if not max_distance >= 0:
             raise ValueError("max_distance must be >= 0")
         n = len(p0)
+        kern = _kernels() if method in ("auto", "compiled") else None
+        if kern is not None:
+            bmin, bmax, centre, radius, starts, counts = self._flat()
+            dist, hit = kern.bvh_segment_distance(
+                np.ascontiguousarray(p0), np.ascontiguousarray(p1), bmin, bmax, centre, radius, starts, counts,
+                int(self.depth), self.order, self.A, self.B, self.C, self.centroids, self.tri_radius, float(max_distance),
+            )
+            return dist, hit | (dist <= TOUCH_MM)
+        if method == "compiled":
+            raise RuntimeError("the compiled kernels (numba) are not available")
         dist = np.empty(n)
         hit = np.empty(n, dtype=bool)
         for i in range(0, n, max(int(chunk), 1)):
@@ -838,7 +893,11 @@ class MeshDistance:
         """
         p0, p1 = _segments(p0, p1)
         dist, hit = self.segment_distance(p0, p1, max_distance)
-        neg = hit | self.contains(p0) | self.contains(p1)
+        # a segment that does not cross the surface is wholly inside or wholly outside
+        neg = hit.copy()
+        free = np.flatnonzero(~hit)
+        if len(free):
+            neg[free] = self.contains(p0[free])
         out = dist.copy()
         idx = np.flatnonzero(neg)
         for i in range(0, len(idx), 512):

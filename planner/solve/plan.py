@@ -61,8 +61,6 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
     p1 = np.atleast_2d(np.asarray(p1, float))
     n = len(p0)
     out = {c: (np.full(n, np.inf), [""] * n) for c in OBSTACLE_CLASSES}
-    lo = np.minimum(p0, p1).min(0) - EXACT_CULL_MM
-    hi = np.maximum(p0, p1).max(0) + EXACT_CULL_MM
 
     def update(cls: str, d: np.ndarray, name: str) -> None:
         cur, names = out[cls]
@@ -71,23 +69,69 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
         for i in np.flatnonzero(better):
             names[i] = name
 
+    # structures nearest first (box-to-box lower bound per segment); a structure is queried
+    # only for the segments whose lower bound beats their current best of its class
+    names, classes, bmin, bmax = _level_obstacles(scene, level)
+    if len(names):
+        smin, smax = np.minimum(p0, p1), np.maximum(p0, p1)
+        gap = np.maximum(np.maximum(bmin[None] - smax[:, None], smin[:, None] - bmax[None]), 0.0)
+        lb = np.sqrt((gap**2).sum(-1))  # (n, m)
+        order = np.lexsort((np.arange(len(names)), lb.min(0)))
+        for k in order:
+            cls = classes[k]
+            rows = np.flatnonzero(lb[:, k] < np.minimum(out[cls][0], EXACT_CULL_MM + 5.0))
+            if not len(rows):
+                continue
+            md = scene.mesh_distance(names[k])
+            d = np.full(n, np.inf)
+            d[rows] = md.segment_signed_clearance(p0[rows], p1[rows], max_distance=EXACT_CULL_MM + 5.0)
+            update(cls, d, names[k])
+    d, nm = solid_clearances(scene.solids, p0, p1)
+    cur, names = out["hardware"]
+    better = d < cur
+    out["hardware"] = (np.where(better, d, cur), [nm[i] if better[i] else names[i] for i in range(n)])
+    return out
+
+
+def level_obstacle_names(scene: Scene, level: str, geo: LevelGeometry | None = None) -> list[str]:
+    """Names of the meshed obstacle structures a needle to ``level`` can come near.
+
+    Every present structure with an obstacle class for this level (screws, rods and
+    cross-links excepted: they are exact solids) whose mesh lies within the reach of the
+    longest needle from the level's body (the box of :meth:`Scene.fields`).  Cached on the
+    scene.
+    """
+    cache = scene.__dict__.setdefault("_obstacle_names", {})
+    if level in cache:
+        return cache[level]
+    geo = geo or scene.level(level)
+    box = np.array([[a, b, c] for a in (-110.0, 110.0) for b in (geo.lo[1] - 15.0, geo.hi[1] + 135.0) for c in (-100.0, 100.0)])
+    world = geo.to_world(box)
+    lo, hi = world.min(0), world.max(0)
+    names = []
     for name in scene.present_names:
         cls = structure_class(name, level)
         if cls is None or (cls == "hardware" and name != "other_metal"):
-            continue  # screws, rods and cross-links are checked as exact solids below
+            continue
         mesh = scene.mesh(name)
         if mesh is None or len(mesh.faces) == 0:
             continue
         b = mesh.bounds
         if np.any(b[0] > hi) or np.any(b[1] < lo):
             continue
-        md = scene.mesh_distance(name)
-        update(cls, md.segment_signed_clearance(p0, p1, max_distance=EXACT_CULL_MM + 5.0), name)
-    d, nm = solid_clearances(scene.solids, p0, p1)
-    cur, names = out["hardware"]
-    better = d < cur
-    out["hardware"] = (np.where(better, d, cur), [nm[i] if better[i] else names[i] for i in range(n)])
-    return out
+        names.append(name)
+    cache[level] = names
+    return names
+
+
+def _level_obstacles(scene: Scene, level: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """:func:`level_obstacle_names` with each one's class and mesh bounds (cached)."""
+    cache = scene.__dict__.setdefault("_obstacle_arrays", {})
+    if level not in cache:
+        names = level_obstacle_names(scene, level)
+        b = np.array([scene.mesh(nm).bounds for nm in names], float).reshape(-1, 2, 3)
+        cache[level] = (names, [structure_class(nm, level) for nm in names], b[:, 0], b[:, 1])
+    return cache[level]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -226,53 +270,49 @@ def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float
     return float(np.degrees(np.arccos(np.clip(abs(g @ D) / nrm, 0, 1))))
 
 
+def _packed_solids(solids) -> tuple:
+    """The solids as arrays for :func:`planner.solve.kernels.segment_solids_distance`."""
+    kind = np.array([0 if x.kind == "cylinder" else 1 for x in solids], np.int64)
+    sa = np.array([x.a if x.kind == "cylinder" else np.zeros(3) for x in solids], float).reshape(-1, 3)
+    sb = np.array([x.b if x.kind == "cylinder" else np.zeros(3) for x in solids], float).reshape(-1, 3)
+    rad = np.array([x.radius for x in solids], float)
+    polys = [np.asarray(x.polyline, float).reshape(-1, 3) if x.kind != "cylinder" else np.zeros((0, 3)) for x in solids]
+    count = np.array([len(q) for q in polys], np.int64)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) if len(polys) else np.zeros(0, np.int64)
+    poly = np.ascontiguousarray(np.concatenate(polys) if polys else np.zeros((0, 3)))
+    bmin = np.array([x.points.min(0) - x.radius for x in solids], float).reshape(-1, 3)
+    bmax = np.array([x.points.max(0) + x.radius for x in solids], float).reshape(-1, 3)
+    return kind, sa, sb, rad, poly, start, count, bmin, bmax
+
+
 def solid_clearances(solids, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Exact axis clearance (mm) of segments ``p0``-``p1`` (n, 3) to the nearest implant
-    solid, with that solid's name (``+inf`` and "" when none is within the cull box).
+    solid, with that solid's name (``+inf`` and "" when there are no solids).
 
-    Tubes (rods, cross-links) are closed-form.  A flat-capped cylinder (screw shank, tulip)
-    lies between its capsule (``segment-axis distance - radius``, a lower bound) and its
-    axis segment (``segment-axis distance``, an upper bound): the iterative exact distance
-    is computed only for the rows whose lower bound beats the best upper bound, which is
-    the same minimum at a fraction of the cost.
+    Tubes (rods, cross-links) are closed-form unions of capsules.  A flat-capped cylinder
+    (screw shank, tulip) is evaluated exactly (golden-section search of its convex signed
+    distance along the segment, to 1e-4 mm) only where its capsule, a lower bound, beats
+    the best so far.  Compiled (:func:`planner.solve.kernels.segment_solids_distance`);
+    the numpy functions of :mod:`planner.solve.exact` are the reference.
     """
-    from planner.solve import exact
+    from planner.solve import kernels
 
-    p0 = np.atleast_2d(np.asarray(p0, float))
-    p1 = np.atleast_2d(np.asarray(p1, float))
+    p0 = np.ascontiguousarray(np.atleast_2d(np.asarray(p0, float)))
+    p1 = np.ascontiguousarray(np.atleast_2d(np.asarray(p1, float)))
     n = len(p0)
-    d_best = np.full(n, np.inf)
-    names = [""] * n
-    if not n:
-        return d_best, names
-    lo = np.minimum(p0, p1).min(0) - EXACT_CULL_MM
-    hi = np.maximum(p0, p1).max(0) + EXACT_CULL_MM
-    near = [s for s in solids if not (np.any(s.points.min(0) - s.radius > hi) or np.any(s.points.max(0) + s.radius < lo))]
-    who = np.full(n, -1)
-    cyl: list[tuple[int, np.ndarray]] = []
-    upper = np.full(n, np.inf)
-    for k, s in enumerate(near):
-        if s.kind == "cylinder":
-            axis = exact.segment_segment_distance(p0, p1, s.a[None], s.b[None])
-            cyl.append((k, axis))
-            np.minimum(upper, axis, out=upper)
-        else:
-            d = np.asarray(exact.segment_polyline_capsules_distance(p0, p1, s.polyline, s.radius), float)
-            better = d < d_best
-            d_best[better] = d[better]
-            who[better] = k
-    for k, axis in cyl:
-        s = near[k]
-        rows = np.flatnonzero(axis - s.radius < np.minimum(upper, d_best))
-        if not len(rows):
-            continue
-        d = np.asarray(exact.segment_cylinder_distance(p0[rows], p1[rows], s.a, s.b, s.radius, tol_mm=1e-4), float)
-        better = d < d_best[rows]
-        d_best[rows[better]] = d[better]
-        who[rows[better]] = k
-    for i in np.flatnonzero(who >= 0):
-        names[i] = near[who[i]].name
-    return d_best, names
+    if not n or not len(solids):
+        return np.full(n, np.inf), [""] * n
+    key = id(solids)
+    packed = _PACKED.get(key)
+    if packed is None or packed[0] is not solids:
+        packed = (solids, _packed_solids(solids))
+        _PACKED[key] = packed
+    d, who = kernels.segment_solids_distance(p0, p1, *packed[1], 1e-4)
+    names = [solids[k].name if k >= 0 else "" for k in who]
+    return d, names
+
+
+_PACKED: dict[int, tuple] = {}
 
 
 #: Bend directions tried for the curved needle around the cannula axis, and arc lengths.
@@ -709,6 +749,7 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
     if not levels:
         raise SolverError("give at least one level to plan, e.g. --levels L3 L4", code="PLN-SOL-001")
     t0 = time.perf_counter()
+    t_common = scene.prepare_fields(list(levels), opt)
     out_levels = [plan_level(scene, lv, opt) for lv in levels]
     _resolve_conflicts(out_levels, opt)
     return {
@@ -725,7 +766,7 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
             "levels_planned": list(levels),
             "levels_without_safe_route": [lv["level"] for lv in out_levels if not lv["recommendation"]["safe_route_found"]],
         },
-        "run": {"total_s": round(time.perf_counter() - t0, 3), "levels": {lv["level"]: lv.pop("run") for lv in out_levels}},
+        "run": {"total_s": round(time.perf_counter() - t0, 3), "common_fields_s": round(t_common, 3), "levels": {lv["level"]: lv.pop("run") for lv in out_levels}},
     }
 
 

@@ -225,9 +225,14 @@ class Grid:
     def sample(self, arr: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Trilinear value of ``arr`` (this grid's shape, C order) at LPS points (n, 3).
 
-        Points outside the box take the value of the nearest box point (the caller keeps
+        float32 arrays go through the compiled :func:`planner.solve.kernels.trilinear`
+        (same formula, one pass); others through the numpy code below.  Points outside the box take the value of the nearest box point (the caller keeps
         query points inside; fields are built with a margin).
         """
+        if arr.dtype == np.float32 and arr.flags.c_contiguous and min(self.shape) >= 2:
+            from planner.solve import kernels
+
+            return kernels.trilinear(arr, self._M, self._o, np.ascontiguousarray(p, dtype=np.float64))
         q = self.ijk(p)
         np.clip(q, 0.0, self._hi, out=q)
         i0 = np.minimum(q.astype(np.intp), np.array(self.shape) - 2)
@@ -551,6 +556,111 @@ class Scene:
         return self._mesh_distance[name]
 
     # ------------------------------------------------------------------ fields
+    def _level_box(self, level: str) -> np.ndarray:
+        """LPS corners (8, 3) of what the longest needle can reach from ``level``'s body."""
+        geo = self.level(level)
+        box = np.array([[a, b, c] for a in (-110.0, 110.0) for b in (geo.lo[1] - 15.0, geo.hi[1] + 135.0) for c in (-100.0, 100.0)])
+        return geo.to_world(box)
+
+    def _coarse_frame(self, options: SolverOptions) -> tuple[np.ndarray, Grid]:
+        """The stride of the field grid and the full label grid it subsamples."""
+        lab = self.labels
+        stride = np.maximum(1, np.floor(options.field_spacing_mm / lab.spacing + 1e-6).astype(int))
+        return stride, Grid(lab.lps_from_ijk, lab.shape)
+
+    def _crop(self, corners: np.ndarray, stride: np.ndarray, full: Grid) -> tuple[slice, slice, slice]:
+        """Full-grid index slices covering ``corners``, starting on multiples of ``stride``
+        and a whole number of strides long (so crops of one scene share one coarse lattice)."""
+        sl = full.index_box(corners.min(0), corners.max(0), pad=2)
+        out = []
+        for s_, st, n in zip(sl, stride, self.labels.shape):
+            start = (s_.start // st) * st
+            stop = start + max(1, (max(s_.stop, start + 1) - start) // st) * st
+            while stop > n:
+                stop -= st
+            out.append(slice(int(start), int(max(stop, start))))
+        return tuple(out)
+
+    def _coarse_grid(self, sl, stride) -> Grid:
+        lab = self.labels
+        A = lab.lps_from_ijk.copy()
+        A[:3, 3] = lab.lps_from_index(np.array([[s_.start for s_ in sl]], float))[0]
+        A[:3, :3] = A[:3, :3] * stride[None, :]
+        return Grid(A, tuple(int((s_.stop - s_.start) // st) for s_, st in zip(sl, stride)))
+
+    def _class_fields(self, arr: np.ndarray, stride: np.ndarray, sp: np.ndarray, ids_by_margin: dict[float, list[int]]):
+        """``min_c (d_c - margin_c)`` (mm, float32) and the id of the structure attaining it,
+        over the groups ``margin -> registry ids``, for the full-resolution labels ``arr``
+        (a whole number of strides per axis) on its strided grid."""
+        cshape = tuple(int(n // st) for n, st in zip(arr.shape, stride))
+        pooled = bool(np.any(stride > 1))
+        F = np.full(cshape, DISTANCE_CAP_MM, np.float32)
+        ID = np.zeros(cshape, np.int32)
+
+        def pool(x: np.ndarray, how: str) -> np.ndarray:
+            r = x.reshape(cshape[0], stride[0], cshape[1], stride[1], cshape[2], stride[2])
+            return r.any(axis=(1, 3, 5)) if how == "any" else r.max(axis=(1, 3, 5))
+
+        for m, members in sorted(ids_by_margin.items()):
+            for_members = np.isin(arr, members)
+            if not for_members.any():
+                continue
+            mask = pool(for_members, "any") if pooled else for_members
+            d, ind = _edt_outside(mask, sp, indices=True)
+            d = d - np.float32(m)
+            better = d < F
+            F[better] = d[better]
+            # the structure id of a pooled voxel: its largest member id
+            lab_c = pool(np.where(for_members, arr, 0), "max") if pooled else np.where(for_members, arr, 0)
+            near = lab_c[ind[0], ind[1], ind[2]]
+            ID[better] = near[better]
+        return F, ID
+
+    def _common_fields(self, options: SolverOptions, levels: list[str]) -> dict[str, Any]:
+        """Level-independent fields (every obstacle class but ``other_bone``, other metal,
+        the body outline), once per scene and margin set, on the union of the levels' boxes."""
+        key = (tuple(sorted(options.margins.items())), float(options.field_spacing_mm))
+        cache = self.__dict__.setdefault("_common", {})
+        have = cache.get(key)
+        if have is not None and set(levels) <= have["levels"]:
+            return have
+        t0 = time.perf_counter()
+        stride, full = self._coarse_frame(options)
+        corners = np.concatenate([self._level_box(lv) for lv in sorted(set(levels) | (have["levels"] if have else set()))])
+        sl = self._crop(corners, stride, full)
+        arr = np.ascontiguousarray(self.labels.array[sl])
+        grid = self._coarse_grid(sl, stride)
+        groups: dict[float, list[int]] = {}
+        present = {c: False for c in OBSTACLE_CLASSES}
+        for i in np.unique(arr):
+            name = LABEL_NAMES.get(int(i)) if i else None
+            if name is None:
+                continue
+            c = structure_class(name, None)
+            if c is None or c == "other_bone" or name == "other_metal":
+                continue
+            groups.setdefault(options.margins[c], []).append(int(i))
+            present[c] = True
+        F, ID = self._class_fields(arr, stride, grid.spacing, groups)
+        metal_id = LABEL_IDS.get("other_metal", 499)
+        metal = self._class_fields(arr, stride, grid.spacing, {options.margins["hardware"]: [metal_id]})
+        better = metal[0] < F
+        F[better] = metal[0][better]
+        ID[better] = metal[1][better]
+        present["hardware"] = present["hardware"] or bool((arr == metal_id).any())
+        coarse_lab = arr[:: stride[0], :: stride[1], :: stride[2]]
+        skin = _sdf(coarse_lab > 0, grid.spacing)
+        out = {"levels": set(levels) | (have["levels"] if have else set()), "slices": sl, "grid": grid, "F": F, "ID": ID,
+               "skin": skin, "present": present, "stride": stride, "seconds": time.perf_counter() - t0}
+        cache[key] = out
+        return out
+
+    def prepare_fields(self, levels: list[str], options: SolverOptions) -> float:
+        """Build the level-independent fields for ``levels`` at once (seconds taken)."""
+        for lv in levels:
+            self.level(lv)
+        return float(self._common_fields(options, list(levels))["seconds"])
+
     def fields(self, level: str, options: SolverOptions) -> LevelFields:
         """Distance fields for planning ``level`` (see :class:`LevelFields`).
 
@@ -558,82 +668,35 @@ class Scene:
         body: u +/-110 mm, v from 15 mm in front of the body to 135 mm behind it, w +/-100 mm,
         clipped to the image.  Grids finer than ``options.field_spacing_mm`` are strided with
         max-pooled obstacle masks (obstacles never shrink, so stage 1 stays conservative).
+        Every class except ``other_bone`` does not depend on the target level: those fields
+        are computed once per scene (:meth:`prepare_fields`) and cropped; only the other
+        vertebrae's distance is computed per level.
         """
         t0 = time.perf_counter()
         geo = self.level(level)
         lab = self.labels
-        full = Grid(lab.lps_from_ijk, lab.shape)
-        box = np.array([[a, b, c] for a in (-110.0, 110.0) for b in (geo.lo[1] - 15.0, geo.hi[1] + 135.0) for c in (-100.0, 100.0)])
-        world = geo.to_world(box)
-        sl = full.index_box(world.min(0), world.max(0), pad=2)
-        stride = np.maximum(1, np.floor(options.field_spacing_mm / lab.spacing + 1e-6).astype(int))
-        sl = tuple(slice(s.start, s.start + ((s.stop - s.start) // st) * st) for s, st in zip(sl, stride))
-        arr = np.ascontiguousarray(lab.array[sl])
-        A = lab.lps_from_ijk.copy()
-        A[:3, 3] = lab.lps_from_index(np.array([[s.start for s in sl]], float))[0]
-        A[:3, :3] = A[:3, :3] * stride[None, :]
-        cshape = tuple(int(n // st) for n, st in zip(arr.shape, stride))
-        grid = Grid(A, cshape)
-        sp = grid.spacing
-        pooled = bool(np.any(stride > 1))
-
-        def coarse(mask: np.ndarray) -> np.ndarray:
-            if not pooled:
-                return mask
-            return mask.reshape(cshape[0], stride[0], cshape[1], stride[1], cshape[2], stride[2]).any(axis=(1, 3, 5))
-
-        def coarse_labels() -> np.ndarray:
-            return arr[:: stride[0], :: stride[1], :: stride[2]] if pooled else arr
-
-        timings: dict[str, float] = {}
-        margins = options.margins
-        ids = np.unique(arr)
-        cls_of: dict[int, str] = {}
-        for i in ids:
-            if i and int(i) in LABEL_NAMES:
-                c = structure_class(LABEL_NAMES[int(i)], level)
-                if c is not None and c != "hardware":
-                    cls_of[int(i)] = c
-                elif c == "hardware" and int(i) != LABEL_IDS.get("other_metal", 499):
-                    cls_of[int(i)] = c
-        present = {c: False for c in OBSTACLE_CLASSES}
-        F = np.full(cshape, DISTANCE_CAP_MM, np.float32)
-        ID = np.zeros(cshape, np.int32)
-        groups: dict[float, list[int]] = {}
-        for i, c in cls_of.items():
-            groups.setdefault(margins[c], []).append(i)
-            present[c] = True
+        common = self._common_fields(options, [level])
+        stride, full = self._coarse_frame(options)
+        sl = self._crop(self._level_box(level), stride, full)
+        g0 = common["slices"]
+        # the level box on the common coarse lattice
+        csl = tuple(slice((s_.start - c.start) // st, (s_.stop - c.start) // st) for s_, c, st in zip(sl, g0, stride))
+        grid = self._coarse_grid(sl, stride)
+        F = np.ascontiguousarray(common["F"][csl])
+        ID = np.ascontiguousarray(common["ID"][csl])
+        skin = np.ascontiguousarray(common["skin"][csl])
+        present = dict(common["present"])
+        timings: dict[str, float] = {"common_s": 0.0}
         t = time.perf_counter()
-        for m, members in sorted(groups.items()):
-            for_members = np.isin(arr, members)
-            mask = coarse(for_members)
-            d, ind = _edt_outside(mask, sp, indices=True)
-            d = d - np.float32(m)
-            better = d < F
-            F[better] = d[better]
-            if pooled:  # the structure id of a pooled voxel: its most caudal-index member voxel
-                lab_c = np.where(for_members, arr, 0)
-                lab_c = lab_c.reshape(cshape[0], stride[0], cshape[1], stride[1], cshape[2], stride[2]).max(axis=(1, 3, 5))
-            else:
-                lab_c = arr
-            near = lab_c[ind[0], ind[1], ind[2]]
-            ID[better] = near[better]
-        timings["anatomy_edt_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        mh = np.float32(margins["hardware"])
-        metal_id = LABEL_IDS.get("other_metal", 499)
-        metal = coarse(arr == metal_id)
-        if metal.any():
-            d = _edt_outside(metal, sp) - mh
-            better = d < F
-            F[better] = d[better]
-            ID[better] = metal_id
-            present["hardware"] = True
-        timings["hardware_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        body_out = coarse_labels() > 0
-        skin = _sdf(body_out, sp)
-        timings["skin_s"] = time.perf_counter() - t
+        arr = lab.array[sl]
+        other = [int(i) for i in np.unique(arr) if i and int(i) in LABEL_NAMES and structure_class(LABEL_NAMES[int(i)], level) == "other_bone"]
+        if other:
+            Fo, IDo = self._class_fields(np.ascontiguousarray(arr), stride, grid.spacing, {options.margins["other_bone"]: other})
+            better = Fo < F
+            F[better] = Fo[better]
+            ID[better] = IDo[better]
+            present["other_bone"] = True
+        timings["other_bone_s"] = time.perf_counter() - t
         t = time.perf_counter()
         pts = geo.to_world(
             np.array(
@@ -648,10 +711,10 @@ class Scene:
         lsl = full.index_box(pts.min(0), pts.max(0), pad=2)
         larr = lab.array[lsl]
         LA = lab.lps_from_ijk.copy()
-        LA[:3, 3] = lab.lps_from_index(np.array([[s.start for s in lsl]], float))[0]
+        LA[:3, 3] = lab.lps_from_index(np.array([[s_.start for s_ in lsl]], float))[0]
         local = Grid(LA, larr.shape)
         body = _sdf(larr == LABEL_IDS[f"{level}_body"], local.spacing)
-        ped = {s: _sdf(larr == LABEL_IDS[f"{level}_pedicle_{s}"], local.spacing) for s in ("left", "right")}
+        ped = {s_: _sdf(larr == LABEL_IDS[f"{level}_pedicle_{s_}"], local.spacing) for s_ in ("left", "right")}
         timings["local_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         return LevelFields(level, grid, F, ID, skin, local, body, ped, present, timings)

@@ -1,0 +1,348 @@
+"""Compiled kernels for the exact clearance hot paths (numba), with the same formulas as
+:mod:`planner.solve.exact`.
+
+The numpy functions of :mod:`planner.solve.exact` are vectorised over many segments; a
+single trajectory (a user dragging an entry point) pays their per-call overhead dozens of
+times per structure.  These kernels do the same work in one compiled pass per query:
+
+* :func:`bvh_segment_distance`: exact segment-to-triangle-mesh distance, traversing the
+  :class:`planner.solve.exact.MeshDistance` hierarchy depth first, nearer child first,
+  pruning a node when its lower bound (box-to-box gap and bounding sphere) is not below
+  the best distance found;
+* :func:`segment_cylinders_distance`: exact clearance of segments to flat-capped
+  cylinders (golden-section search of the convex signed distance along the segment,
+  after a capsule lower bound) and to tubes (closed-form capsules).
+
+Every formula is the one of the numpy reference (``tests/test_solve_kernels.py`` checks
+agreement to 1e-9 mm).  Compilation is cached on disk (``cache=True``); the first call of
+a fresh install compiles for a few seconds.  Lengths are mm, points LPS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_GOLD = (math.sqrt(5.0) - 1.0) / 2.0
+TOUCH_MM = 1e-9
+
+
+@njit(cache=True, inline="always")
+def _dot(a0, a1, a2, b0, b1, b2):
+    return a0 * b0 + a1 * b1 + a2 * b2
+
+
+@njit(cache=True)
+def _point_segment(px, py, pz, ax, ay, az, bx, by, bz):
+    abx, aby, abz = bx - ax, by - ay, bz - az
+    apx, apy, apz = px - ax, py - ay, pz - az
+    den = abx * abx + aby * aby + abz * abz
+    t = 0.0
+    if den > 0.0:
+        t = (apx * abx + apy * aby + apz * abz) / den
+        t = min(max(t, 0.0), 1.0)
+    dx, dy, dz = apx - t * abx, apy - t * aby, apz - t * abz
+    return math.sqrt(dx * dx + dy * dy + dz * dz)
+
+
+@njit(cache=True)
+def _segment_segment(p0, p1, q0, q1):
+    """As :func:`planner.solve.exact.segment_segment_distance` for one pair ((3,) arrays)."""
+    d1x, d1y, d1z = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+    d2x, d2y, d2z = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
+    rx, ry, rz = p0[0] - q0[0], p0[1] - q0[1], p0[2] - q0[2]
+    a = d1x * d1x + d1y * d1y + d1z * d1z
+    e = d2x * d2x + d2y * d2y + d2z * d2z
+    b = d1x * d2x + d1y * d2y + d1z * d2z
+    c = d1x * rx + d1y * ry + d1z * rz
+    f = d2x * rx + d2y * ry + d2z * rz
+    nx, ny, nz = d1y * d2z - d1z * d2y, d1z * d2x - d1x * d2z, d1x * d2y - d1y * d2x
+    nn = nx * nx + ny * ny + nz * nz
+    wx, wy, wz = -rx, -ry, -rz
+    cx, cy, cz = wy * d2z - wz * d2y, wz * d2x - wx * d2z, wx * d2y - wy * d2x
+    s = (cx * nx + cy * ny + cz * nz) / nn if nn > 0.0 else 0.0
+    s = min(max(s, 0.0), 1.0)
+    t = (b * s + f) / e if e > 0.0 else 0.0
+    t = min(max(t, 0.0), 1.0)
+    s = (b * t - c) / a if a > 0.0 else 0.0
+    s = min(max(s, 0.0), 1.0)
+    dx = rx + s * d1x - t * d2x
+    dy = ry + s * d1y - t * d2y
+    dz = rz + s * d1z - t * d2z
+    best = math.sqrt(dx * dx + dy * dy + dz * dz)
+    best = min(best, _point_segment(p0[0], p0[1], p0[2], q0[0], q0[1], q0[2], q1[0], q1[1], q1[2]))
+    best = min(best, _point_segment(p1[0], p1[1], p1[2], q0[0], q0[1], q0[2], q1[0], q1[1], q1[2]))
+    best = min(best, _point_segment(q0[0], q0[1], q0[2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]))
+    best = min(best, _point_segment(q1[0], q1[1], q1[2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]))
+    return best
+
+
+@njit(cache=True)
+def _point_triangle(p, a, b, c):
+    abx, aby, abz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+    bcx, bcy, bcz = c[0] - b[0], c[1] - b[1], c[2] - b[2]
+    cax, cay, caz = a[0] - c[0], a[1] - c[1], a[2] - c[2]
+    # n = ab x (-ca)
+    nx = aby * (-caz) - abz * (-cay)
+    ny = abz * (-cax) - abx * (-caz)
+    nz = abx * (-cay) - aby * (-cax)
+    nn = nx * nx + ny * ny + nz * nz
+    inside = False
+    if nn > 0.0:
+        ux, uy, uz = p[0] - a[0], p[1] - a[1], p[2] - a[2]
+        c1 = _dot(aby * uz - abz * uy, abz * ux - abx * uz, abx * uy - aby * ux, nx, ny, nz)
+        ux, uy, uz = p[0] - b[0], p[1] - b[1], p[2] - b[2]
+        c2 = _dot(bcy * uz - bcz * uy, bcz * ux - bcx * uz, bcx * uy - bcy * ux, nx, ny, nz)
+        ux, uy, uz = p[0] - c[0], p[1] - c[1], p[2] - c[2]
+        c3 = _dot(cay * uz - caz * uy, caz * ux - cax * uz, cax * uy - cay * ux, nx, ny, nz)
+        inside = c1 >= 0.0 and c2 >= 0.0 and c3 >= 0.0
+    if inside:
+        return abs(_dot(p[0] - a[0], p[1] - a[1], p[2] - a[2], nx, ny, nz)) / math.sqrt(nn)
+    d = _point_segment(p[0], p[1], p[2], a[0], a[1], a[2], b[0], b[1], b[2])
+    d = min(d, _point_segment(p[0], p[1], p[2], b[0], b[1], b[2], c[0], c[1], c[2]))
+    d = min(d, _point_segment(p[0], p[1], p[2], c[0], c[1], c[2], a[0], a[1], a[2]))
+    return d
+
+
+@njit(cache=True)
+def _segment_triangle(p0, p1, a, b, c):
+    """(distance, hit) as :func:`planner.solve.exact.segment_triangle_distance`."""
+    dx, dy, dz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+    e1x, e1y, e1z = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+    e2x, e2y, e2z = c[0] - a[0], c[1] - a[1], c[2] - a[2]
+    px, py, pz = dy * e2z - dz * e2y, dz * e2x - dx * e2z, dx * e2y - dy * e2x
+    det = e1x * px + e1y * py + e1z * pz
+    scale = math.sqrt(dx * dx + dy * dy + dz * dz) * math.sqrt(e1x * e1x + e1y * e1y + e1z * e1z) * math.sqrt(
+        e2x * e2x + e2y * e2y + e2z * e2z
+    )
+    hit = False
+    if abs(det) > 1e-14 * scale:
+        inv = 1.0 / det
+        tx, ty, tz = p0[0] - a[0], p0[1] - a[1], p0[2] - a[2]
+        u = (tx * px + ty * py + tz * pz) * inv
+        qx, qy, qz = ty * e1z - tz * e1y, tz * e1x - tx * e1z, tx * e1y - ty * e1x
+        v = (dx * qx + dy * qy + dz * qz) * inv
+        t = (e2x * qx + e2y * qy + e2z * qz) * inv
+        hit = u >= 0.0 and v >= 0.0 and u + v <= 1.0 and t >= 0.0 and t <= 1.0
+    if hit:
+        return 0.0, True
+    d = min(_point_triangle(p0, a, b, c), _point_triangle(p1, a, b, c))
+    d = min(d, _segment_segment(p0, p1, a, b))
+    d = min(d, _segment_segment(p0, p1, b, c))
+    d = min(d, _segment_segment(p0, p1, c, a))
+    return d, d <= TOUCH_MM
+
+
+@njit(cache=True)
+def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound):
+    """Exact distance of segments ``P0``-``P1`` (n, 3) to a mesh, and whether they touch it.
+
+    The hierarchy is the implicit heap of :class:`planner.solve.exact.MeshDistance`: node
+    ``g`` of level ``k`` (``g = 2**k - 1 + i``) has children ``2 g + 1`` and ``2 g + 2``;
+    the leaves (level ``depth``) own ``order[starts[i]:starts[i] + counts[i]]``.  Node
+    arrays are flattened over the levels in that order.  Distances beyond ``bound`` come
+    back as ``bound``.
+    """
+    n = P0.shape[0]
+    dist = np.full(n, bound)
+    hit = np.zeros(n, np.bool_)
+    stack = np.empty(64 + 2 * (depth + 1), np.int64)
+    first_leaf = (1 << depth) - 1
+    for s in range(n):
+        p0 = P0[s]
+        p1 = P1[s]
+        lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
+        hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+        best = bound
+        top = 0
+        stack[0] = 0
+        top = 1
+        while top > 0:
+            top -= 1
+            g = stack[top]
+            gx = max(max(bmin[g, 0] - hi0, lo0 - bmax[g, 0]), 0.0)
+            gy = max(max(bmin[g, 1] - hi1, lo1 - bmax[g, 1]), 0.0)
+            gz = max(max(bmin[g, 2] - hi2, lo2 - bmax[g, 2]), 0.0)
+            lb = math.sqrt(gx * gx + gy * gy + gz * gz)
+            if lb > best:
+                continue
+            sp = _point_segment(centre[g, 0], centre[g, 1], centre[g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[g]
+            if sp > best:
+                continue
+            if g >= first_leaf:
+                i = g - first_leaf
+                for q in range(starts[i], starts[i] + counts[i]):
+                    t = order[q]
+                    lbt = _point_segment(tri_c[t, 0], tri_c[t, 1], tri_c[t, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - tri_r[t]
+                    if lbt > best:
+                        continue
+                    d, h = _segment_triangle(p0, p1, A[t], B[t], C[t])
+                    if h:
+                        hit[s] = True
+                    if d < best:
+                        best = d
+            else:
+                c1 = 2 * g + 1
+                c2 = c1 + 1
+                # push the farther child first so the nearer is visited first
+                d1 = _point_segment(centre[c1, 0], centre[c1, 1], centre[c1, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+                d2 = _point_segment(centre[c2, 0], centre[c2, 1], centre[c2, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+                if d1 <= d2:
+                    stack[top] = c2
+                    stack[top + 1] = c1
+                else:
+                    stack[top] = c1
+                    stack[top + 1] = c2
+                top += 2
+        dist[s] = best
+    return dist, hit
+
+
+@njit(cache=True)
+def _point_cylinder(px, py, pz, a, b, radius):
+    ux, uy, uz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+    length = math.sqrt(ux * ux + uy * uy + uz * uz)
+    ux, uy, uz = ux / length, uy / length, uz / length
+    qx = px - 0.5 * (a[0] + b[0])
+    qy = py - 0.5 * (a[1] + b[1])
+    qz = pz - 0.5 * (a[2] + b[2])
+    h = qx * ux + qy * uy + qz * uz
+    rx, ry, rz = qx - h * ux, qy - h * uy, qz - h * uz
+    rho = math.sqrt(rx * rx + ry * ry + rz * rz)
+    dx = rho - radius
+    dy = abs(h) - 0.5 * length
+    outside = math.hypot(max(dx, 0.0), max(dy, 0.0))
+    return outside + min(max(dx, dy), 0.0)
+
+
+@njit(cache=True)
+def _segment_cylinder(p0, p1, a, b, radius, tol_mm):
+    """As :func:`planner.solve.exact.segment_cylinder_distance` for one segment."""
+    dx, dy, dz = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+    L = math.sqrt(dx * dx + dy * dy + dz * dz)
+    best = min(_point_cylinder(p0[0], p0[1], p0[2], a, b, radius), _point_cylinder(p1[0], p1[1], p1[2], a, b, radius))
+    if L <= tol_mm:
+        return best
+    iters = int(math.ceil(math.log(L / tol_mm) / math.log(1.0 / _GOLD))) + 1
+    lo, hi = 0.0, 1.0
+    x1 = hi - _GOLD * (hi - lo)
+    x2 = lo + _GOLD * (hi - lo)
+    f1 = _point_cylinder(p0[0] + x1 * dx, p0[1] + x1 * dy, p0[2] + x1 * dz, a, b, radius)
+    f2 = _point_cylinder(p0[0] + x2 * dx, p0[1] + x2 * dy, p0[2] + x2 * dz, a, b, radius)
+    best = min(best, f1, f2)
+    for _ in range(iters):
+        if f1 <= f2:
+            hi = x2
+            x2, f2 = x1, f1
+            x1 = hi - _GOLD * (hi - lo)
+            f1 = _point_cylinder(p0[0] + x1 * dx, p0[1] + x1 * dy, p0[2] + x1 * dz, a, b, radius)
+            best = min(best, f1)
+        else:
+            lo = x1
+            x1, f1 = x2, f2
+            x2 = lo + _GOLD * (hi - lo)
+            f2 = _point_cylinder(p0[0] + x2 * dx, p0[1] + x2 * dy, p0[2] + x2 * dz, a, b, radius)
+            best = min(best, f2)
+    return best
+
+
+@njit(cache=True)
+def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm):
+    """Clearance of each segment to its nearest solid, and that solid's index.
+
+    Solids ``k``: ``kind[k]`` 0 = flat-capped cylinder ``sa[k]``-``sb[k]``, 1 = tube along
+    ``poly[poly_start[k]:poly_start[k] + poly_count[k]]``; radius ``srad[k]``; ``sbmin``,
+    ``sbmax`` (m, 3) its bounding box.  A solid is skipped when the gap between its box
+    and the segment's is not below the best so far; a tube piece when its midpoint's
+    distance less half its length is not; a cylinder is evaluated exactly only when its
+    capsule lower bound beats the best.
+    """
+    n = P0.shape[0]
+    m = kind.shape[0]
+    out = np.full(n, np.inf)
+    who = np.full(n, -1, np.int64)
+    for s in range(n):
+        p0 = P0[s]
+        p1 = P1[s]
+        best = np.inf
+        arg = -1
+        lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
+        hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+        for k in range(m):
+            gx = max(max(sbmin[k, 0] - hi0, lo0 - sbmax[k, 0]), 0.0)
+            gy = max(max(sbmin[k, 1] - hi1, lo1 - sbmax[k, 1]), 0.0)
+            gz = max(max(sbmin[k, 2] - hi2, lo2 - sbmax[k, 2]), 0.0)
+            if math.sqrt(gx * gx + gy * gy + gz * gz) >= best:
+                continue
+            if kind[k] == 1:
+                j0 = poly_start[k]
+                cnt = poly_count[k]
+                if cnt == 1:
+                    d = _point_segment(poly[j0, 0], poly[j0, 1], poly[j0, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - srad[k]
+                else:
+                    d = np.inf
+                    for j in range(j0, j0 + cnt - 1):
+                        q0 = poly[j]
+                        q1 = poly[j + 1]
+                        mx, my, mz = 0.5 * (q0[0] + q1[0]), 0.5 * (q0[1] + q1[1]), 0.5 * (q0[2] + q1[2])
+                        hx, hy, hz = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
+                        half = 0.5 * math.sqrt(hx * hx + hy * hy + hz * hz)
+                        if _point_segment(mx, my, mz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - half >= min(d, best + srad[k]):
+                            continue
+                        d = min(d, _segment_segment(p0, p1, q0, q1))
+                    d -= srad[k]
+                if d < best:
+                    best = d
+                    arg = k
+            else:
+                axis = _segment_segment(p0, p1, sa[k], sb[k])
+                if axis - srad[k] >= best:
+                    continue
+                d = _segment_cylinder(p0, p1, sa[k], sb[k], srad[k], tol_mm)
+                if d < best:
+                    best = d
+                    arg = k
+        out[s] = best
+        who[s] = arg
+    return out, who
+
+
+@njit(cache=True)
+def trilinear(arr, M, o, P):
+    """Trilinear values of ``arr`` (i, j, k) at LPS points ``P`` (n, 3), as
+    :meth:`planner.solve.scene.Grid.sample`: index ``q = P @ M + o`` clamped to the grid."""
+    n = P.shape[0]
+    ni, nj, nk = arr.shape
+    out = np.empty(n, arr.dtype)
+    for s in range(n):
+        x, y, z = P[s, 0], P[s, 1], P[s, 2]
+        qi = x * M[0, 0] + y * M[1, 0] + z * M[2, 0] + o[0]
+        qj = x * M[0, 1] + y * M[1, 1] + z * M[2, 1] + o[1]
+        qk = x * M[0, 2] + y * M[1, 2] + z * M[2, 2] + o[2]
+        qi = min(max(qi, 0.0), ni - 1.0)
+        qj = min(max(qj, 0.0), nj - 1.0)
+        qk = min(max(qk, 0.0), nk - 1.0)
+        i0 = min(int(qi), ni - 2)
+        j0 = min(int(qj), nj - 2)
+        k0 = min(int(qk), nk - 2)
+        fx = np.float32(qi - i0)
+        fy = np.float32(qj - j0)
+        fz = np.float32(qk - k0)
+        c000 = arr[i0, j0, k0]
+        c001 = arr[i0, j0, k0 + 1]
+        c010 = arr[i0, j0 + 1, k0]
+        c011 = arr[i0, j0 + 1, k0 + 1]
+        c100 = arr[i0 + 1, j0, k0]
+        c101 = arr[i0 + 1, j0, k0 + 1]
+        c110 = arr[i0 + 1, j0 + 1, k0]
+        c111 = arr[i0 + 1, j0 + 1, k0 + 1]
+        c00 = c000 + (c001 - c000) * fz
+        c01 = c010 + (c011 - c010) * fz
+        c10 = c100 + (c101 - c100) * fz
+        c11 = c110 + (c111 - c110) * fz
+        c0 = c00 + (c01 - c00) * fy
+        c1 = c10 + (c11 - c10) * fy
+        out[s] = c0 + (c1 - c0) * fx
+    return out
