@@ -485,6 +485,25 @@ def test_posterior_wall_points_from_label_map(oblique):
     with pytest.raises(FluoroError) as e:
         posterior_wall_points(lab, "L4")
     assert e.value.code == "PLN-FLU-004"
+    W2, N = posterior_wall_points(lab, "L3", max_points=60, return_normals=True)
+    assert np.array_equal(W2, W)
+    np.testing.assert_allclose(np.linalg.norm(N, axis=1), 1.0)
+    assert np.all(N[:, 1] > np.cos(np.deg2rad(50.0)))  # facing posterior
+
+
+def test_edge_on_wall_term_prefers_tangent_views():
+    # a flat posterior wall facing +y, no hardware: plain overlap is 0 everywhere, while the
+    # edge-on term sees the wall only in lateral views
+    target = np.array([0.0, -10.0, 0.0])
+    t = Trajectory(np.array([-50.0, 80.0, 0.0]), target)
+    wall = np.array([target + [dx, 8.0, dz] for dx in (-8.0, 0.0, 8.0) for dz in (-5.0, 5.0)])
+    normals = np.tile([0.0, 1.0, 0.0], (len(wall), 1))
+    s = ViewSearchSettings(wall_term="seen_edge_on")
+    sc = score_poses(t, [], wall, [0.0, 45.0, 90.0], [0.0, 0.0, 0.0], s, wall_normals=normals)
+    np.testing.assert_allclose(sc["wall"], [1.0, 1.0 - np.sin(np.pi / 4), 0.0], atol=1e-9)
+    assert np.all(score_poses(t, [], wall, [0.0, 45.0], [0.0, 0.0])["wall"] == 0.0)
+    with pytest.raises(FluoroError):
+        score_poses(t, [], wall, [0.0], [0.0], s)  # normals missing
 
 
 def test_write_view_pngs(tmp_path, axis_ct):

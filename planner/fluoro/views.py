@@ -41,6 +41,11 @@ is the weighted mean of the three terms (weights ``path 0.3, tip 0.35, wall 0.35
 the tip and the posterior wall are what the operator must see, the domain document), and
 ``visibility = 1 - overlap`` of the best view, in [0, 1].  Everything is vectorised over
 poses, query points and capsules.
+
+Plain overlap does not ask whether a view shows the wall at all (a radiograph shows the
+posterior wall as a line only where the beam is tangent to it, in near-lateral views; in
+AP it is seen en face).  ``ViewSearchSettings(wall_term="seen_edge_on")`` scores the wall
+as *not seen* instead: each point counts as seen by ``sin(beam, normal) x (1 - covered)``.
 """
 
 from __future__ import annotations
@@ -232,7 +237,8 @@ def posterior_wall_points(
     max_points: int = 150,
     max_normal_angle_deg: float = 50.0,
     smoothing_vox: float = 1.0,
-) -> np.ndarray:
+    return_normals: bool = False,
+):
     """Points on the posterior surface of a vertebral body from a label map.
 
     The ``<level>_body`` voxels (registry id from ``planner.labels.registry.LABEL_IDS``)
@@ -256,11 +262,13 @@ def posterior_wall_points(
         50 deg [U].
     smoothing_vox : float
         1 voxel [U].
+    return_normals : bool
+        Also return the unit outward surface normals.
 
     Returns
     -------
     (n, 3) float
-        LPS mm.
+        LPS mm; with ``return_normals`` a tuple ``(points, normals)``, both (n, 3).
     """
     from scipy import ndimage
 
@@ -298,18 +306,29 @@ def posterior_wall_points(
     cosang = np.where(ok, (n_lps @ post) / np.where(ok, nrm, 1.0), -1.0)
     keep = (cosang >= np.cos(np.deg2rad(max_normal_angle_deg))) & ((pts - centroid) @ post > 0)
     pts = pts[keep]
+    normals = n_lps[keep] / nrm[keep][:, None]
     if len(pts) == 0:
         raise FluoroError(
             f"no posterior-facing surface found on {level}_body", code="PLN-FLU-004", details={"level": level}
         )
-    return farthest_point_sample(pts, max_points)
+    sel = farthest_point_indices(pts, max_points)
+    return (pts[sel], normals[sel]) if return_normals else pts[sel]
 
 
 def farthest_point_sample(points: np.ndarray, k: int) -> np.ndarray:
     """At most ``k`` of ``points`` (n, 3) spread evenly (deterministic farthest-point sampling)."""
     p = np.asarray(points, float)
+    return p[farthest_point_indices(p, k)]
+
+
+def farthest_point_indices(points: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of at most ``k`` of ``points`` (n, 3) by farthest-point sampling.
+
+    Starts at the point nearest the centroid; deterministic.
+    """
+    p = np.asarray(points, float)
     if len(p) <= k:
-        return p.copy()
+        return np.arange(len(p))
     i = int(np.argmin(np.linalg.norm(p - p.mean(0), axis=1)))
     chosen = [i]
     d = np.linalg.norm(p - p[i], axis=1)
@@ -317,7 +336,7 @@ def farthest_point_sample(points: np.ndarray, k: int) -> np.ndarray:
         i = int(np.argmax(d))
         chosen.append(i)
         d = np.minimum(d, np.linalg.norm(p - p[i], axis=1))
-    return p[np.sort(chosen)]
+    return np.sort(chosen)
 
 
 # ---- view planning ----------------------------------------------------------------------------
@@ -348,6 +367,13 @@ class ViewSearchSettings:
         views the one closer to AP ranks first: 1e-4 (a 10-deg difference is 0.002).
     min_separation_deg : float
         Suggested views differ by at least this much in one of the angles: 15 deg.
+    wall_term : str
+        ``"overlap"`` (default): the wall term is the hardware-covered fraction of the wall
+        discs, as specified.  ``"seen_edge_on"``: a wall point only counts as seen to the
+        degree the beam is tangent to the wall there (``sin`` of the angle between beam
+        and surface normal; a radiograph shows a wall as a line only edge-on) and is not
+        covered: the term is the mean of ``1 - sin(angle) (1 - covered)``.  Needs the wall
+        normals (:func:`posterior_wall_points` with ``return_normals=True``).
     """
 
     lao_range_deg: tuple[float, float] = (-60.0, 60.0)
@@ -361,8 +387,11 @@ class ViewSearchSettings:
     rod_simplify_mm: float = 0.5
     angle_tiebreak_per_deg: float = 1e-4
     min_separation_deg: float = 15.0
+    wall_term: str = "overlap"
 
     def __post_init__(self) -> None:
+        if self.wall_term not in ("overlap", "seen_edge_on"):
+            raise FluoroError("wall_term must be 'overlap' or 'seen_edge_on'", code="PLN-FLU-001")
         for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm"):
             if not float(getattr(self, name)) > 0:
                 raise FluoroError(f"{name} must be > 0", code="PLN-FLU-001")
@@ -442,6 +471,7 @@ def score_poses(
     cran_deg,
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
+    wall_normals=None,
 ) -> dict[str, np.ndarray]:
     """Hardware overlap terms of C-arm poses for one trajectory (module docstring).
 
@@ -455,6 +485,8 @@ def score_poses(
     settings : ViewSearchSettings, optional
     carm : CArm, optional
         Geometry (SDD, SID, detector); angles and isocentre are replaced.
+    wall_normals : (w, 3) float, optional
+        Unit outward normals at the wall points (for ``wall_term="seen_edge_on"``).
 
     Returns
     -------
@@ -501,7 +533,19 @@ def score_poses(
     cov = _coverage(q, rho, a, b, ra, rb)
     path_c = cov[:, :n_path].mean(axis=1)
     tip_c = cov[:, n_path]
-    wall_c = cov[:, n_path + 1 :].mean(axis=1) if len(W) else np.zeros(len(lao))
+    wall_cov = cov[:, n_path + 1 :]
+    if len(W) and s.wall_term == "seen_edge_on":
+        if wall_normals is None or np.shape(wall_normals) != W.shape:
+            raise FluoroError(
+                "wall_term 'seen_edge_on' needs wall_normals of the wall points' shape", code="PLN-FLU-003"
+            )
+        nrm = np.asarray(wall_normals, float)
+        nrm = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
+        beam = P[:, 2, :3] / np.linalg.norm(P[:, 2, :3], axis=1, keepdims=True)  # (p, 3)
+        sin = np.sqrt(np.clip(1.0 - (beam @ nrm.T) ** 2, 0.0, 1.0))  # (p, w)
+        wall_c = (1.0 - sin * (1.0 - wall_cov)).mean(axis=1)
+    else:
+        wall_c = wall_cov.mean(axis=1) if len(W) else np.zeros(len(lao))
     w = s.weights
     if len(W):
         overlap = (w["path"] * path_c + w["tip"] * tip_c + w["wall"] * wall_c) / (w["path"] + w["tip"] + w["wall"])
@@ -586,6 +630,7 @@ def plan_views(
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
     lateral_side: str = "left",
+    wall_normals=None,
 ) -> ViewPlan:
     """Search the C-arm pose grid for the views that best show the needle, tip and wall.
 
@@ -599,6 +644,8 @@ def plan_views(
     carm : CArm, optional
     lateral_side : str
         Detector side of the reference lateral view.
+    wall_normals : (w, 3) float, optional
+        For ``settings.wall_term = "seen_edge_on"``.
 
     Returns
     -------
@@ -607,13 +654,14 @@ def plan_views(
     s = settings or ViewSearchSettings()
     lao, cran = s.grid()
     t0 = time.perf_counter()
-    sc = score_poses(trajectory, hardware, wall_points, lao, cran, s, carm)
+    sc = score_poses(trajectory, hardware, wall_points, lao, cran, s, carm, wall_normals)
     seconds = time.perf_counter() - t0
     key = sc["overlap"] + s.angle_tiebreak_per_deg * (np.abs(lao) + np.abs(cran))
     order = np.lexsort((cran, lao, np.round(key, 9)))
     ref_angles = {"ap": (0.0, 0.0), "lateral": (90.0 if lateral_side == "left" else -90.0, 0.0)}
     ref = score_poses(
-        trajectory, hardware, wall_points, [a for a, _ in ref_angles.values()], [c for _, c in ref_angles.values()], s, carm
+        trajectory, hardware, wall_points, [a for a, _ in ref_angles.values()], [c for _, c in ref_angles.values()],
+        s, carm, wall_normals,
     )
     reference = {
         name: {k: round(float(v[i]), 6) for k, v in ref.items()} for i, name in enumerate(ref_angles)
@@ -628,6 +676,7 @@ def visibility_score(
     wall_points,
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
+    wall_normals=None,
 ) -> float:
     """Fluoroscopic visibility of a trajectory in [0, 1]: ``1 - overlap`` of its best view.
 
@@ -635,7 +684,7 @@ def visibility_score(
     wall free of hardware shadow; 0 that every pose hides them completely.  For the
     solver's ``visibility`` score term.
     """
-    return plan_views(trajectory, hardware, wall_points, settings, carm).visibility
+    return plan_views(trajectory, hardware, wall_points, settings, carm, wall_normals=wall_normals).visibility
 
 
 # ---- images -----------------------------------------------------------------------------------
@@ -654,9 +703,21 @@ def standard_views(trajectory, carm: CArm | None = None, view_plan: ViewPlan | N
     return views
 
 
-def _disc_mask(shape, centre, radius) -> np.ndarray:
-    r, c = np.ogrid[: shape[0], : shape[1]]
-    return (c - centre[0]) ** 2 + (r - centre[1]) ** 2 <= radius**2
+def _paint_disc(rgb: np.ndarray, centre, radius: float, colour, inner: float | None = None) -> None:
+    """Paint a disc (or a ring outside ``inner``) of ``colour`` into an (r, c, 3) image in place."""
+    cu, cv = float(centre[0]), float(centre[1])
+    if not (np.isfinite(cu) and np.isfinite(cv)):
+        return
+    r0, r1 = max(0, int(np.floor(cv - radius))), min(rgb.shape[0], int(np.ceil(cv + radius)) + 1)
+    c0, c1 = max(0, int(np.floor(cu - radius))), min(rgb.shape[1], int(np.ceil(cu + radius)) + 1)
+    if r1 <= r0 or c1 <= c0:
+        return
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    d2 = (cc - cu) ** 2 + (rr - cv) ** 2
+    m = d2 <= radius**2
+    if inner is not None:
+        m &= d2 > inner**2
+    rgb[r0:r1, c0:c1][m] = colour
 
 
 def write_view_pngs(
@@ -669,6 +730,7 @@ def write_view_pngs(
     drr_settings=None,
     search_settings: ViewSearchSettings | None = None,
     overlay: bool = True,
+    wall_normals=None,
 ) -> dict[str, Path]:
     """Write DRR PNGs of the AP, lateral, bull's-eye, progression and best oblique views.
 
@@ -687,6 +749,8 @@ def write_view_pngs(
     drr_settings : DRRSettings, optional
     search_settings : ViewSearchSettings, optional
     overlay : bool
+    wall_normals : (w, 3) float, optional
+        For ``search_settings.wall_term = "seen_edge_on"``.
 
     Returns
     -------
@@ -701,7 +765,7 @@ def write_view_pngs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = search_settings or ViewSearchSettings()
-    vp = plan_views(t, hardware, wall_points, s, carm)
+    vp = plan_views(t, hardware, wall_points, s, carm, wall_normals=wall_normals)
     views = standard_views(t, carm, vp)
     rend = renderer_for(ct, drr_settings)
     written: dict[str, Path] = {}
@@ -712,7 +776,7 @@ def write_view_pngs(
         p = out / f"{name}.png"
         Image.fromarray(g).save(p)
         written[name] = p
-        terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm)
+        terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm, wall_normals)
         meta["views"][name] = {
             "carm": c.describe(),
             "overlap": {k: round(float(v[0]), 6) for k, v in terms.items() if k not in ("lao", "cran")},
@@ -723,12 +787,10 @@ def write_view_pngs(
             scale = c.magnification / (0.5 * sum(c.pixel_pitch_mm))
             tip_px = c.project(t.tip_lps[None])[0]
             rr = s.tip_radius_mm * scale
-            ring = _disc_mask(g.shape, tip_px, rr + 1.5) & ~_disc_mask(g.shape, tip_px, max(rr - 0.5, 0))
-            rgb[ring] = (255, 220, 0)
+            _paint_disc(rgb, tip_px, rr + 1.5, (255, 220, 0), inner=max(rr - 0.5, 0.0))
             if wall_points is not None and len(wall_points):
-                for u, v in c.project(as_points(wall_points, "wall_points")):
-                    if np.isfinite(u) and 0 <= int(round(v)) < g.shape[0] and 0 <= int(round(u)) < g.shape[1]:
-                        rgb[_disc_mask(g.shape, (u, v), 1.6)] = (0, 200, 255)
+                for uv in c.project(as_points(wall_points, "wall_points")):
+                    _paint_disc(rgb, uv, 1.6, (0, 200, 255))
             Image.fromarray(rgb).save(out / f"{name}_overlay.png")
     (out / "views.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("wrote %d view PNGs to %s", len(written), out)
