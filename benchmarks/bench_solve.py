@@ -33,10 +33,12 @@ d. **VTK baseline on the same candidates, same run**: a fixed, deterministic sam
    * by the **reference**: the independent dense checker of :mod:`planner.solve.verify`
      at 0.05 mm (:func:`~planner.solve.verify.vtk_clearance`,
      :func:`~planner.solve.verify.implant_clearance`).  To keep it affordable it is run
-     on windows: a 2 mm pass first (signed distances are 1-Lipschitz, so the exact
-     minimiser lies within ``h/2`` of a 2 mm sample whose value is at most the coarse
-     minimum + ``h/2``), then 0.05 mm sampling of ``+/- h`` around every such sample.
-     This gives the same minimum as sampling the whole segment at 0.05 mm.
+     on windows (``check_solve_safety.reference_clearances``): 2 mm and 0.25 mm passes
+     first (signed distances are 1-Lipschitz, so the exact minimiser lies within ``h/2``
+     of a sample whose value is at most the sampled minimum + ``h/2``), then 0.05 mm
+     sampling of ``+/- h`` around every such sample.  The windows hold the exact minimiser,
+     so the result has the guarantee of a full 0.05 mm pass (an upper bound of the exact
+     clearance within 0.025 mm, ~``h**2 / (8 d)`` near a smooth minimum).
 
    A candidate is *clearance-feasible* when, for every obstacle class ``c``,
    ``clearance_c - r - margin_c >= 0`` with ``r`` the kyphoplasty cannula radius (the
@@ -68,6 +70,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_solve_safety as safety  # noqa: E402  (shared case cache and independent reference)
+
 LEVELS = ["L1", "L2", "L3", "L4", "L5"]
 
 #: Targets of the issue's acceptance section.
@@ -80,24 +85,15 @@ TARGET_EXACT_MM = 0.1
 #: Baseline broad phase and clearance comparison range (mm): a point farther than this from
 #: a mesh's bounding box is not queried; clearances are compared where the reference is below
 #: ``COMPARE_CAP_MM`` (no margin comes close; the solver's exact check culls at 25-30 mm).
-CULL_MM = 25.0
-COMPARE_CAP_MM = 20.0
+CULL_MM = safety.CULL_MM
+COMPARE_CAP_MM = safety.COMPARE_CAP_MM
 
 
 # ---------------------------------------------------------------------------- setup
 def case_folder(out: Path, spacing: float) -> Path:
-    """The cached case-example phantom folder at ``spacing`` mm (generated when missing)."""
-    from planner.phantom import generate, get_preset, write_case
-
-    folder = out / f"case_example_{spacing:g}mm"
-    if (folder / "manifest.json").is_file():
-        return folder
-    print(f"generating the case_example phantom at {spacing:g} mm into {folder} ...", flush=True)
-    t = time.perf_counter()
-    spec = get_preset("case_example").replace_imaging(spacing_mm=(spacing, spacing, spacing))
-    write_case(generate(spec), folder, dicom=False, mesh_spacing_mm=1.0)
-    print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
-    return folder
+    """The cached case-example phantom folder at ``spacing`` mm (generated when missing or
+    when the phantom / meshing code changed; shared with ``check_solve_safety.py``)."""
+    return safety.case_folder("case_example", spacing, out)
 
 
 def trace_parameters(opt) -> tuple[float, float]:
@@ -112,10 +108,14 @@ def trace_parameters(opt) -> tuple[float, float]:
 
 
 def obstacle_names(scene, level: str) -> list[str]:
-    """Anatomical obstacle structures of a target level with a non-empty mesh (the names
-    ``exact_clearances`` checks; hardware is checked as primitives)."""
+    """Meshed obstacle structures of a target level: the names ``exact_clearances`` checks
+    (``planner.solve.plan.level_obstacle_names`` when the solver has it, else every present
+    anatomical obstacle with a non-empty mesh); screws and rods are checked as primitives."""
+    from planner.solve import plan as plan_mod
     from planner.solve.scene import structure_class
 
+    if hasattr(plan_mod, "level_obstacle_names"):
+        return list(plan_mod.level_obstacle_names(scene, level))
     out = []
     for name in scene.present_names:
         cls = structure_class(name, level)
@@ -176,7 +176,8 @@ def bench_plan(folder: Path, opt, repeats: int) -> dict[str, Any]:
     from planner.solve.plan import plan
     from planner.solve.scene import Scene
 
-    print(f"\n== b. full plan {LEVELS} (fresh Scene per repeat; scene construction = segmentation, excluded)")
+    print(f"\n== b. full plan {LEVELS}: a fresh Scene per repeat; scene construction (= segmentation) excluded; "
+          "fields, mesh reading, mesh-distance structures and exact checks inside plan() included")
     walls, scenes, runs, result = [], [], [], None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -327,110 +328,6 @@ def baseline_check(p0: np.ndarray, p1: np.ndarray, meshes: list[tuple[Any, np.nd
     return out
 
 
-def _implicit(mesh):
-    """A ``vtkImplicitPolyDataDistance`` of a mesh with its locator built."""
-    import vtk
-
-    from planner.solve import verify
-
-    fn = vtk.vtkImplicitPolyDataDistance()
-    fn.SetInput(verify.vtk_polydata(mesh))
-    fn.EvaluateFunction(0.0, 0.0, 0.0)
-    return fn
-
-
-def _eval(fn, pts: np.ndarray) -> np.ndarray:
-    import vtk
-    from vtk.util import numpy_support as ns
-
-    if not len(pts):
-        return np.zeros(0)
-    out = vtk.vtkDoubleArray()
-    fn.FunctionValue(ns.numpy_to_vtk(np.ascontiguousarray(pts, dtype=np.float64), deep=1), out)
-    return ns.vtk_to_numpy(out).astype(np.float64).copy()
-
-
-def _refine(q0: np.ndarray, q1: np.ndarray, parent: np.ndarray, n: int, values, step: float):
-    """One stage of the windowed minimum search.
-
-    Samples the sub-segments ``q0``-``q1`` (owned by segments ``parent``) every ``step``
-    (:func:`planner.solve.verify.dense_points`), evaluates ``values(points)`` (+inf where
-    not evaluated) and keeps, as new sub-segments, ``+/- h`` around each sample whose value is
-    at most the parent's sampled minimum + ``h/2`` (``h`` its sub-segment's spacing).  For a
-    1-Lipschitz function the parent's exact minimiser lies within ``h/2`` of such a sample, so
-    it stays inside the returned windows.  Returns (q0, q1, parent, parent minimum so far).
-    """
-    from planner.solve import verify
-
-    pts, owner = verify.dense_points(q0, q1, step)
-    vals = values(pts)
-    L = np.linalg.norm(q1 - q0, axis=1)
-    k = np.maximum(np.ceil(L / step).astype(int), 1)
-    h = L / k
-    first = np.concatenate([[0], np.cumsum(k + 1)[:-1]])
-    t = (np.arange(len(owner)) - first[owner]) * h[owner]
-    pmin = np.full(n, np.inf)
-    np.minimum.at(pmin, parent[owner], vals)
-    keep = np.isfinite(vals) & (vals <= pmin[parent[owner]] + 0.5 * h[owner] + 1e-9)
-    j = owner[keep]
-    u = (q1 - q0) / np.maximum(L, 1e-12)[:, None]
-    a = np.clip(t[keep] - h[j], 0.0, L[j])
-    b = np.clip(t[keep] + h[j], 0.0, L[j])
-    return q0[j] + a[:, None] * u[j], q0[j] + b[:, None] * u[j], parent[j], pmin
-
-
-def reference_clearances(p0: np.ndarray, p1: np.ndarray, named_meshes: list[tuple[str, Any, int]], implants: list[Any],
-                         n_classes: int, hw_class: int, steps: tuple[float, ...] = (2.0, 0.25),
-                         fine_mm: float = 0.05) -> np.ndarray:
-    """Independent reference (n, n_classes), mm: the minimum over points every ``fine_mm``
-    along each segment of :func:`planner.solve.verify.vtk_clearance` per mesh and
-    :func:`planner.solve.verify.implant_clearance` for the implants, evaluated only on the
-    windows that can hold the minimum (coarse-to-fine over ``steps``, see :func:`_refine`);
-    the result equals a full ``fine_mm`` pass.  Pairs farther than the compared range
-    (sampled minimum > ``COMPARE_CAP_MM + 1``) keep their coarse value."""
-    from planner.solve import verify
-
-    n = len(p0)
-    out = np.full((n, n_classes), np.inf)
-    idx = np.arange(n)
-
-    def windowed(values, final) -> np.ndarray:
-        q0, q1, par = p0, p1, idx
-        best = np.full(n, np.inf)
-        for st in steps:
-            q0, q1, par, pmin = _refine(q0, q1, par, n, values, st)
-            best = np.minimum(best, pmin)
-            near = pmin[par] <= COMPARE_CAP_MM + 1.0
-            q0, q1, par = q0[near], q1[near], par[near]
-        if len(par):
-            fine = final(q0, q1)
-            np.minimum.at(best, par, fine)
-        return best
-
-    for _name, mesh, ci in named_meshes:
-        fn = _implicit(mesh)
-        lo, hi = (np.asarray(x) for x in mesh.bounds)
-
-        def values(pts, fn=fn, lo=lo, hi=hi):
-            v = np.full(len(pts), np.inf)
-            near = np.all((pts > lo - CULL_MM) & (pts < hi + CULL_MM), axis=1)
-            v[near] = _eval(fn, pts[near])
-            return v
-
-        out[:, ci] = np.minimum(out[:, ci], windowed(values, lambda a, b, m=mesh: verify.vtk_clearance(a, b, m, step_mm=fine_mm)))
-    if implants:
-        solids = verify.implant_solids(implants)
-
-        def hw_values(pts):
-            v = np.full(len(pts), np.inf)
-            for s in solids:
-                v = np.minimum(v, verify.solid_sdf(pts, s))
-            return v
-
-        out[:, hw_class] = windowed(hw_values, lambda a, b: verify.implant_clearance(a, b, implants, step_mm=fine_mm))
-    return out
-
-
 def _feasible(clear: np.ndarray, r: float, margins: np.ndarray) -> np.ndarray:
     """Clearance-feasible rows: ``clearance_c - r - margin_c >= 0`` for every class."""
     with np.errstate(invalid="ignore"):
@@ -486,7 +383,7 @@ def bench_baseline(folder: Path, opt, level: str, n_sample: int, repeats: int) -
             md.contains(np.asarray(md.bounds[:1], float))  # builds the lazy inside-test grid
     t_md = time.perf_counter() - t
     t = time.perf_counter()
-    vmeshes = [(_implicit(scene.mesh(nm)), *(np.asarray(x) for x in scene.mesh(nm).bounds), ci) for nm, ci in zip(names, mesh_cls)]
+    vmeshes = [(safety.implicit(scene.mesh(nm)), *(np.asarray(x) for x in scene.mesh(nm).bounds), ci) for nm, ci in zip(names, mesh_cls)]
     solids = verify.implant_solids(implants)
     t_vtk_setup = time.perf_counter() - t
 
@@ -535,7 +432,7 @@ def bench_baseline(folder: Path, opt, level: str, n_sample: int, repeats: int) -
 
     # ---- reference (independent, 0.05 mm) and the exact check on every sampled candidate
     t = time.perf_counter()
-    ref = reference_clearances(p0, p1, [(nm, scene.mesh(nm), ci) for nm, ci in zip(names, mesh_cls)],
+    ref = safety.reference_clearances(p0, p1, [(nm, scene.mesh(nm), ci) for nm, ci in zip(names, mesh_cls)],
                                implants, len(OBSTACLE_CLASSES), hw)
     t_ref = time.perf_counter() - t
     ref_feas = _feasible(ref, r, margins)
