@@ -58,7 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SOL-005": "plan file fails its schema",
     "PLN-MRK-001": "Slicer markups file cannot be read as trajectories (markup type, control points, coordinate system, units)",
     "PLN-FLU-001": "invalid C-arm geometry or fluoroscopy setting",
-    "PLN-FLU-002": "volume cannot be projected (not a CT, source inside it, or no voxels)",
+    "PLN-FLU-002": "volume cannot be projected (a DRR needs a CT volume in HU)",
     "PLN-FLU-003": "malformed fluoroscopy input (trajectory, hardware, points or poses)",
     "PLN-FLU-004": "no posterior-wall points (level body label absent from the label map)",
 }

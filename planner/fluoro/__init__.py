@@ -10,14 +10,46 @@
 """
 
 from planner.fluoro.carm import CArm, Pose, angles_from_direction, beam_direction, pose
+from planner.fluoro.drr import DRRImage, DRRRenderer, DRRSettings, drr, raycast_reference
 from planner.fluoro.geometry import Cylinders, FluoroError
+from planner.fluoro.views import (
+    Trajectory,
+    ViewPlan,
+    ViewSearchSettings,
+    ap_view,
+    bullseye_view,
+    lateral_view,
+    plan_views,
+    posterior_wall_points,
+    progression_view,
+    score_poses,
+    visibility_score,
+    write_view_pngs,
+)
 
 __all__ = [
     "CArm",
     "Cylinders",
+    "DRRImage",
+    "DRRRenderer",
+    "DRRSettings",
     "FluoroError",
     "Pose",
+    "Trajectory",
+    "ViewPlan",
+    "ViewSearchSettings",
     "angles_from_direction",
+    "ap_view",
     "beam_direction",
+    "bullseye_view",
+    "drr",
+    "lateral_view",
+    "plan_views",
     "pose",
+    "posterior_wall_points",
+    "progression_view",
+    "raycast_reference",
+    "score_poses",
+    "visibility_score",
+    "write_view_pngs",
 ]

@@ -49,15 +49,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from planner.fluoro.geometry import FluoroError, as_points
 
 log = logging.getLogger(__name__)
 
 
-def beam_direction(lao_deg, cran_deg) -> np.ndarray:
+def beam_direction(lao_deg: ArrayLike, cran_deg: ArrayLike) -> np.ndarray:
     """Unit source -> detector direction(s) for C-arm angles.
 
     Parameters
@@ -75,7 +77,7 @@ def beam_direction(lao_deg, cran_deg) -> np.ndarray:
     return np.stack([np.sin(a) * np.cos(c), np.cos(a) * np.cos(c), np.sin(c)], axis=-1)
 
 
-def rotation_from_angles(lao_deg, cran_deg) -> np.ndarray:
+def rotation_from_angles(lao_deg: ArrayLike, cran_deg: ArrayLike) -> np.ndarray:
     """Rotation(s) ``Rz(-lao) @ Rx(cran)`` taking the AP frame to the posed frame.
 
     Returns
@@ -93,7 +95,7 @@ def rotation_from_angles(lao_deg, cran_deg) -> np.ndarray:
     return Rz @ Rx
 
 
-def angles_from_direction(direction) -> tuple[float, float]:
+def angles_from_direction(direction: ArrayLike) -> tuple[float, float]:
     """C-arm angles ``(lao_deg, cran_deg)`` whose beam is along ``direction`` (source -> detector).
 
     Inverse of :func:`beam_direction`: ``cran = asin(d_z)``, ``lao = atan2(d_x, d_y)``.
@@ -202,7 +204,7 @@ class CArm:
         """``(rows, cols)`` of images on this detector."""
         return (self.detector_pixels[1], self.detector_pixels[0])
 
-    def posed(self, lao_deg: float, cran_deg: float, isocentre_lps=None) -> CArm:
+    def posed(self, lao_deg: float, cran_deg: float, isocentre_lps: ArrayLike | None = None) -> CArm:
         """This C-arm at other angles (and optionally another isocentre)."""
         iso = self.isocentre_lps if isocentre_lps is None else isocentre_lps
         return replace(self, lao_deg=lao_deg, cran_deg=cran_deg, isocentre_lps=tuple(np.ravel(iso)))
@@ -222,7 +224,7 @@ class CArm:
         """
         return projection_matrices(self, self.lao_deg, self.cran_deg, self.isocentre_lps)[0]
 
-    def project(self, points_lps) -> np.ndarray:
+    def project(self, points_lps: ArrayLike) -> np.ndarray:
         """Detector pixel coordinates ``(col, row)`` of LPS points.
 
         Parameters
@@ -242,7 +244,7 @@ class CArm:
         out[h[:, 2] <= 0] = np.nan
         return out
 
-    def depth(self, points_lps) -> np.ndarray:
+    def depth(self, points_lps: ArrayLike) -> np.ndarray:
         """Distance of points from the source along the beam axis, mm, shape (n,)."""
         p = as_points(points_lps, "points_lps")
         ps = self.pose()
@@ -263,7 +265,7 @@ class CArm:
             + du[None, :, None] * ps.u_axis[None, None, :]
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON-ready summary of geometry and pose."""
         ps = self.pose()
         return {
@@ -279,7 +281,7 @@ class CArm:
         }
 
 
-def pose(lao_deg: float, cran_deg: float, isocentre, carm: CArm | None = None) -> Pose:
+def pose(lao_deg: float, cran_deg: float, isocentre: ArrayLike, carm: CArm | None = None) -> Pose:
     """Source position, detector centre and detector axes for C-arm angles.
 
     Parameters
@@ -298,7 +300,7 @@ def pose(lao_deg: float, cran_deg: float, isocentre, carm: CArm | None = None) -
     return (carm or CArm()).posed(lao_deg, cran_deg, isocentre).pose()
 
 
-def projection_matrices(carm: CArm, lao_deg, cran_deg, isocentre_lps) -> np.ndarray:
+def projection_matrices(carm: CArm, lao_deg: ArrayLike, cran_deg: ArrayLike, isocentre_lps: ArrayLike) -> np.ndarray:
     """3x4 ``pixel_from_lps`` projection matrices of many poses at once.
 
     Parameters

@@ -56,7 +56,9 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -108,6 +110,9 @@ class DRRSettings:
     window_percentiles : (2,) float
         Percentiles of the CT line integral over the pixels that see the patient, used as
         the window: (1, 99.5) [U].
+    window_min_fraction : float
+        Pixels whose CT line integral is below this fraction of the image maximum (air
+        beside the patient) are left out of the automatic window: 0.02 [U].
     window_region : float
         Side of the central square of the detector (fraction of each side) whose pixels
         set the automatic window, as a C-arm's automatic exposure and brightness control
@@ -130,6 +135,7 @@ class DRRSettings:
     slab_chunk: int = 64
     window: tuple[float, float] | None = None
     window_percentiles: tuple[float, float] = (1.0, 99.5)
+    window_min_fraction: float = 0.02
     window_region: float = 0.5
     gamma: float = 1.0
     rod_simplify_mm: float = 0.05
@@ -150,8 +156,11 @@ class DRRSettings:
             )
         if self.polarity not in POLARITIES:
             raise FluoroError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}", code="PLN-FLU-001")
-        if not 0 < self.window_region <= 1 or self.rod_simplify_mm < 0:
-            raise FluoroError("window_region must be in (0, 1] and rod_simplify_mm >= 0", code="PLN-FLU-001")
+        if not 0 < self.window_region <= 1 or self.rod_simplify_mm < 0 or not 0 <= self.window_min_fraction < 1:
+            raise FluoroError(
+                "window_region must be in (0, 1], window_min_fraction in [0, 1) and rod_simplify_mm >= 0",
+                code="PLN-FLU-001",
+            )
         if not self.gamma > 0:
             raise FluoroError("gamma must be > 0", code="PLN-FLU-001")
         lo, hi = self.window_percentiles
@@ -203,7 +212,7 @@ class DRRImage:
         rows, cols = ct.shape
         r0, c0 = int(rows * (1 - f) / 2), int(cols * (1 - f) / 2)
         ct = ct[r0 : rows - r0, c0 : cols - c0] if 0 < f < 1 else ct
-        seen = ct[ct > 0.02 * float(ct.max())] if ct.max() > 0 else ct.ravel()
+        seen = ct[ct > self.settings.window_min_fraction * float(ct.max())] if ct.max() > 0 else ct.ravel()
         if seen.size == 0:
             return 0.0, 1.0
         lo, hi = np.percentile(seen, self.settings.window_percentiles)
@@ -451,7 +460,7 @@ class DRRRenderer:
             ell = np.sqrt(mm[0] ** 2 + mm[1] ** 2 + mm[2] ** 2) / np.abs(rk)
         return np.where(valid, img * ell, 0.0).astype(np.float32)
 
-    def render(self, carm: CArm, hardware=(), needles=()) -> DRRImage:
+    def render(self, carm: CArm, hardware: Iterable[Any] = (), needles: Iterable[Any] = ()) -> DRRImage:
         """A DRR with hardware and needles drawn in.
 
         Parameters
@@ -621,7 +630,10 @@ def renderer_for(ct: Volume, settings: DRRSettings | None = None) -> DRRRenderer
     return rend
 
 
-def drr(ct: Volume, carm: CArm, hardware=(), needles=(), settings: DRRSettings | None = None) -> DRRImage:
+def drr(
+    ct: Volume, carm: CArm, hardware: Iterable[Any] = (), needles: Iterable[Any] = (),
+    settings: DRRSettings | None = None,
+) -> DRRImage:
     """A DRR of ``ct`` seen by ``carm`` with hardware and needles drawn in.
 
     The prepared attenuation volume is cached for the last CT passed (see

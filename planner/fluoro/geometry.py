@@ -25,9 +25,12 @@ fluoroscopy beam of about 70-90 kVp with typical filtration [U].
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from planner.errors import PlannerError
 
@@ -48,7 +51,7 @@ class FluoroError(PlannerError):
     code = "PLN-FLU-001"
 
 
-def as_points(points, name: str = "points") -> np.ndarray:
+def as_points(points: ArrayLike, name: str = "points") -> np.ndarray:
     """Return ``points`` as a finite float (n, 3) array or raise ``PLN-FLU-003``."""
     p = np.asarray(points, dtype=float)
     if p.ndim == 1 and p.shape[0] == 3:
@@ -117,7 +120,7 @@ class Cylinders:
 
 
 def polyline_cylinders(
-    points, radius_mm: float, mu_per_mm: float, name: str, simplify_mm: float = 0.0
+    points: ArrayLike, radius_mm: float, mu_per_mm: float, name: str, simplify_mm: float = 0.0
 ) -> Cylinders:
     """One cylinder per segment of a polyline (n, 3), optionally simplified first.
 
@@ -165,7 +168,7 @@ def _douglas_peucker(p: np.ndarray, tol: float) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def implant_cylinders(hardware, rod_simplify_mm: float = 0.0) -> Cylinders:
+def implant_cylinders(hardware: Iterable[Any] | None, rod_simplify_mm: float = 0.0) -> Cylinders:
     """Cylinders of implants: screws (shank and tulip), rods and cross-links.
 
     Parameters

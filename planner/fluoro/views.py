@@ -53,11 +53,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from planner.fluoro.carm import CArm, angles_from_direction, project_many, projection_matrices
 from planner.fluoro.geometry import (
@@ -68,8 +70,15 @@ from planner.fluoro.geometry import (
     metal_mu,
     polyline_cylinders,
 )
+from planner.volume import Volume
+
+if TYPE_CHECKING:
+    from planner.fluoro.drr import DRRSettings
 
 log = logging.getLogger(__name__)
+
+#: A trajectory as :class:`Trajectory`, a plan candidate dict or an ``(entry, target)`` pair.
+TrajectoryLike = Union["Trajectory", dict, tuple, list]
 
 
 def _default_needle_radius() -> float:
@@ -170,7 +179,7 @@ class Trajectory:
             ) from None
 
 
-def as_trajectory(t) -> Trajectory:
+def as_trajectory(t: TrajectoryLike) -> Trajectory:
     """A :class:`Trajectory` from itself, a plan candidate dict or an ``(entry, target)`` pair."""
     if isinstance(t, Trajectory):
         return t
@@ -186,26 +195,28 @@ def as_trajectory(t) -> Trajectory:
 
 
 # ---- standard views ----------------------------------------------------------------------
-def ap_view(isocentre_lps, carm: CArm | None = None) -> CArm:
+def ap_view(isocentre_lps: ArrayLike, carm: CArm | None = None) -> CArm:
     """AP view of a prone patient (beam vertical, source under the table) at an isocentre."""
     return (carm or CArm()).posed(0.0, 0.0, isocentre_lps)
 
 
-def lateral_view(isocentre_lps, carm: CArm | None = None, side: str = "left") -> CArm:
+def lateral_view(isocentre_lps: ArrayLike, carm: CArm | None = None, side: str = "left") -> CArm:
     """Lateral view: ``side`` is where the detector is (``"left"``: ``lao = +90``)."""
     if side not in ("left", "right"):
         raise FluoroError(f"side must be 'left' or 'right', got {side!r}", code="PLN-FLU-003")
     return (carm or CArm()).posed(90.0 if side == "left" else -90.0, 0.0, isocentre_lps)
 
 
-def bullseye_view(trajectory, carm: CArm | None = None) -> CArm:
+def bullseye_view(trajectory: TrajectoryLike, carm: CArm | None = None) -> CArm:
     """Beam along the needle axis (module docstring); isocentre at the target."""
     t = as_trajectory(trajectory)
     lao, cran = angles_from_direction(t.entry_lps - t.target_lps)
     return (carm or CArm()).posed(lao, cran, t.target_lps)
 
 
-def progression_view(trajectory, carm: CArm | None = None, lateral_axis=(1.0, 0.0, 0.0)) -> CArm:
+def progression_view(
+    trajectory: TrajectoryLike, carm: CArm | None = None, lateral_axis: ArrayLike = (1.0, 0.0, 0.0)
+) -> CArm:
     """Beam perpendicular to the needle, closest to ``lateral_axis`` (module docstring).
 
     Parameters
@@ -231,14 +242,14 @@ def progression_view(trajectory, carm: CArm | None = None, lateral_axis=(1.0, 0.
 
 # ---- posterior wall -----------------------------------------------------------------------
 def posterior_wall_points(
-    labels,
+    labels: Volume,
     level: str,
-    posterior_lps=(0.0, 1.0, 0.0),
+    posterior_lps: ArrayLike = (0.0, 1.0, 0.0),
     max_points: int = 150,
     max_normal_angle_deg: float = 50.0,
     smoothing_vox: float = 1.0,
     return_normals: bool = False,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Points on the posterior surface of a vertebral body from a label map.
 
     The ``<level>_body`` voxels (registry id from ``planner.labels.registry.LABEL_IDS``)
@@ -464,14 +475,14 @@ def _coverage(q: np.ndarray, rho: np.ndarray, a: np.ndarray, b: np.ndarray, ra: 
 
 
 def score_poses(
-    trajectory,
-    hardware,
-    wall_points,
-    lao_deg,
-    cran_deg,
+    trajectory: TrajectoryLike,
+    hardware: Iterable[Any],
+    wall_points: ArrayLike | None,
+    lao_deg: ArrayLike,
+    cran_deg: ArrayLike,
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
-    wall_normals=None,
+    wall_normals: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
     """Hardware overlap terms of C-arm poses for one trajectory (module docstring).
 
@@ -624,13 +635,13 @@ class ViewPlan:
 
 
 def plan_views(
-    trajectory,
-    hardware,
-    wall_points,
+    trajectory: TrajectoryLike,
+    hardware: Iterable[Any],
+    wall_points: ArrayLike | None,
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
     lateral_side: str = "left",
-    wall_normals=None,
+    wall_normals: ArrayLike | None = None,
 ) -> ViewPlan:
     """Search the C-arm pose grid for the views that best show the needle, tip and wall.
 
@@ -671,12 +682,12 @@ def plan_views(
 
 
 def visibility_score(
-    trajectory,
-    hardware,
-    wall_points,
+    trajectory: TrajectoryLike,
+    hardware: Iterable[Any],
+    wall_points: ArrayLike | None,
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
-    wall_normals=None,
+    wall_normals: ArrayLike | None = None,
 ) -> float:
     """Fluoroscopic visibility of a trajectory in [0, 1]: ``1 - overlap`` of its best view.
 
@@ -688,7 +699,7 @@ def visibility_score(
 
 
 # ---- images -----------------------------------------------------------------------------------
-def standard_views(trajectory, carm: CArm | None = None, view_plan: ViewPlan | None = None) -> dict[str, CArm]:
+def standard_views(trajectory: TrajectoryLike, carm: CArm | None = None, view_plan: ViewPlan | None = None) -> dict[str, CArm]:
     """AP, lateral, bull's-eye, progression and (with a plan) best-oblique views of a trajectory."""
     t = as_trajectory(trajectory)
     views = {
@@ -703,7 +714,9 @@ def standard_views(trajectory, carm: CArm | None = None, view_plan: ViewPlan | N
     return views
 
 
-def _paint_disc(rgb: np.ndarray, centre, radius: float, colour, inner: float | None = None) -> None:
+def _paint_disc(
+    rgb: np.ndarray, centre: ArrayLike, radius: float, colour: tuple[int, int, int], inner: float | None = None
+) -> None:
     """Paint a disc (or a ring outside ``inner``) of ``colour`` into an (r, c, 3) image in place."""
     cu, cv = float(centre[0]), float(centre[1])
     if not (np.isfinite(cu) and np.isfinite(cv)):
@@ -721,16 +734,16 @@ def _paint_disc(rgb: np.ndarray, centre, radius: float, colour, inner: float | N
 
 
 def write_view_pngs(
-    ct,
-    trajectory,
-    hardware,
+    ct: Volume,
+    trajectory: TrajectoryLike,
+    hardware: Iterable[Any],
     out_dir: str | Path,
-    wall_points=None,
+    wall_points: ArrayLike | None = None,
     carm: CArm | None = None,
-    drr_settings=None,
+    drr_settings: DRRSettings | None = None,
     search_settings: ViewSearchSettings | None = None,
     overlay: bool = True,
-    wall_normals=None,
+    wall_normals: ArrayLike | None = None,
 ) -> dict[str, Path]:
     """Write DRR PNGs of the AP, lateral, bull's-eye, progression and best oblique views.
 
