@@ -117,7 +117,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         setattr(args, k, None)
     args.left_handed = False
     args.streaks = False
-    return cmd_phantom(args)
+    rc = cmd_phantom(args)
+    if rc != EXIT_OK:
+        return rc
+    # the planning step on the case just written: L3 and L5 carry bilateral screws, L4 is
+    # the fractured level with a free left pedicle
+    from planner.solve.api import plan_input
+    from planner.solve.markups import plan_to_markups, write_markups
+
+    out = Path(args.output) / "plan"
+    result, path = plan_input(args.output, out, levels=["L3", "L4", "L5"])
+    write_markups(plan_to_markups(result), out / "plan.mrk.json")
+    _report(args, {"plan": str(path), "levels": {
+        lv["level"]: (
+            f"{lv['recommendation']['procedure']} {lv['recommendation']['access']} "
+            f"({lv['recommendation']['side']} {lv['recommendation']['route']})"
+            if lv["recommendation"]["safe_route_found"] else "no safe route"
+        )
+        for lv in result["levels"]
+    }, "plan_s": result["run"]["total_s"]})
+    return EXIT_OK
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -179,8 +198,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     result, path = plan_input(
         args.input, args.output, levels=args.levels, options_file=args.options, anchor=args.anchor,
-        procedure=args.procedure,
+        procedure=args.procedure, coaxial_guide=getattr(args, "coaxial_guide", None),
     )
+    if getattr(args, "markups", False):
+        from planner.solve.markups import plan_to_markups, write_markups
+
+        write_markups(plan_to_markups(result), Path(args.output) / "plan.mrk.json")
     summary = {
         "output": str(path),
         "levels": {
@@ -426,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--options", help="JSON file of solver options (margins, weights, limits; see docs)")
     pl.add_argument("--procedure", choices=("auto", "kyphoplasty", "vertebroplasty_curved", "vertebroplasty_straight"))
     pl.add_argument("--anchor", help="level anchor when an image has to be segmented first")
+    pl.add_argument("--coaxial-guide", metavar="NEEDLE",
+                    help="coaxial technique: a guide needle (e.g. needle_13g) placed first, the working cannula over it")
+    pl.add_argument("--markups", action="store_true", help="also write plan.mrk.json (3D Slicer markups lines, LPS)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 

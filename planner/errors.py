@@ -56,6 +56,7 @@ ERROR_CODES: dict[str, str] = {
     "PLN-SOL-003": "scene input cannot be used (missing labels, summary or case file)",
     "PLN-SOL-004": "trajectory is malformed (entry equals target, wrong shape, not finite)",
     "PLN-SOL-005": "plan file fails its schema",
+    "PLN-SOL-006": "trajectory target is not inside the target level's vertebral body",
     "PLN-MRK-001": "Slicer markups file cannot be read as trajectories (markup type, control points, coordinate system, units)",
     "PLN-FLU-001": "invalid C-arm geometry or fluoroscopy setting",
     "PLN-FLU-002": "volume cannot be projected (a DRR needs a CT volume in HU)",

@@ -34,6 +34,7 @@ def plan_input(
     options_file: str | Path | None = None,
     anchor: str | None = None,
     procedure: str | None = None,
+    coaxial_guide: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Plan ``levels`` of the input and write ``output/plan.json`` (atomic); return both."""
     opt = SolverOptions()
@@ -41,6 +42,8 @@ def plan_input(
         opt = SolverOptions.from_dict(json.loads(Path(options_file).read_text()))
     if procedure:
         opt = opt.replace(procedure=procedure)
+    if coaxial_guide:
+        opt = opt.replace(coaxial_guide=coaxial_guide)
     scene = load_scene(input_path, anchor)
     result = plan(scene, list(levels), opt)
     out = Path(output)
@@ -59,6 +62,9 @@ def plan_bytes(result: dict[str, Any]) -> bytes:
 
 def write_plan(result: dict[str, Any], path: str | Path) -> None:
     """Write ``plan.json`` (atomic) and the run's timings beside it as ``run.json``."""
+    from planner.solve.schema import validate_plan
+
+    validate_plan(result)  # a plan that fails its own schema is a bug: never write it
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(plan_bytes(result))

@@ -135,6 +135,12 @@ class SolverOptions:
     needle_separation_mm : float
         Multi-level plans: least distance between two needle axes, beyond both radii
         (2 mm [U]).
+    coaxial_guide : str or None
+        Coaxial technique: a thinner guide needle (an instrument name, e.g. ``"needle_13g"``)
+        is placed first along the planned axis to the cannula tip, and the working cannula
+        follows over it (domain.md, seed case L5).  ``None`` (default): direct access.  When
+        set, each candidate's verdict carries the guide's own check (clearance of the
+        cannula part at the guide's radius, length) and a recommendation lists the steps.
     bone_tamp_lengths_mm : tuple of float
         Bone-tamp (balloon) lengths available for kyphoplasty: the Kyphon 10, 15 and 20 mm
         sizes (instruments.md 3 [V]).  A kyphoplasty access is feasible when its straight
@@ -179,6 +185,7 @@ class SolverOptions:
     procedure: str = "auto"
     skin_entry_separation_mm: float = 20.0
     needle_separation_mm: float = 2.0
+    coaxial_guide: str | None = None
     bone_tamp_lengths_mm: tuple[float, ...] = (10.0, 15.0, 20.0)
     max_candidates: int = 2_000_000
 
@@ -211,6 +218,14 @@ class SolverOptions:
         for name in ("coarse_step_deg", "fine_step_deg", "step_min_mm", "field_tolerance_mm", "max_tilt_deg"):
             if not (float(getattr(self, name)) > 0):
                 raise SolverError(f"{name} must be > 0, got {getattr(self, name)!r}", code="PLN-SOL-002")
+        if self.coaxial_guide is not None:
+            from planner.instruments import INSTRUMENTS
+
+            if self.coaxial_guide not in INSTRUMENTS or getattr(INSTRUMENTS[self.coaxial_guide], "kind", "") == "curved_needle":
+                raise SolverError(
+                    f"coaxial_guide {self.coaxial_guide!r} is not a straight needle; use e.g. needle_13g",
+                    code="PLN-SOL-002",
+                )
         if not self.bone_tamp_lengths_mm or any(not (float(x) > 0) for x in self.bone_tamp_lengths_mm):
             raise SolverError(f"bone_tamp_lengths_mm must be positive lengths, got {self.bone_tamp_lengths_mm}", code="PLN-SOL-002")
         object.__setattr__(self, "bone_tamp_lengths_mm", tuple(sorted(float(x) for x in self.bone_tamp_lengths_mm)))

@@ -577,6 +577,7 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
             per_inst[kind]["feasible"] = False
             per_inst[kind]["violations"].append({"constraint": "geometry", "part": "cannula", "structure": "", "structure_display": _fail_text(int(sub.fail[j])), "clearance_mm": None, "required_mm": None, "excess_mm": -1.0})
     feasible_kinds = [k for k, v in per_inst.items() if v["feasible"]]
+    guide = _guide_check(opt, c_out, n_out, cannula_depth) if opt.coaxial_guide else None
     # the candidate's binding constraint: the worst violation of its most permissive instrument
     binding = None
     if not feasible_kinds:
@@ -629,10 +630,25 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
             "coverage": cov,
             "fluoro_visibility": None,
         },
-        "verdict": {"feasible": bool(feasible_kinds), "instruments": feasible_kinds, "per_instrument": per_inst, "binding": binding},
+        "verdict": {"feasible": bool(feasible_kinds), "instruments": feasible_kinds, "per_instrument": per_inst, "binding": binding,
+                    **({"guide": guide} if guide is not None else {})},
         "score": round(float(score), 4),
         "score_terms": {"clearance": round(s_clear, 4), "length": round(s_len, 4), "entry_angle": round(s_ang, 4), "coverage": s_cov, "kyphoplasty": s_kp, "visibility": 0.0},
     }
+
+
+def _guide_check(opt: SolverOptions, c_out: dict[str, float], n_out: dict[str, str], cannula_depth: float) -> dict[str, Any]:
+    """The coaxial guide needle: along the cannula part, to the cannula tip."""
+    g = get_instrument(opt.coaxial_guide)
+    r = float(g.radius_mm)
+    viol = _violations(c_out, n_out, r, opt, "cannula")
+    fits = float(g.usable_length_mm) - opt.skin_allowance_mm >= cannula_depth
+    if not fits:
+        viol.append({"constraint": "depth", "part": "cannula", "structure": "", "structure_display": "guide needle length",
+                     "clearance_mm": None, "required_mm": None, "excess_mm": _r(float(g.usable_length_mm) - opt.skin_allowance_mm - cannula_depth),
+                     "depth_mm": _r(cannula_depth, 1)})
+    return {"instrument": g.name, "radius_mm": r, "insertion_mm": _r(cannula_depth, 1), "needle_length_mm": float(g.usable_length_mm),
+            "feasible": not viol, "violations": viol}
 
 
 def _straight_zone(geo: LevelGeometry, T: np.ndarray, side: str) -> list[str]:
@@ -711,7 +727,7 @@ def recommend(geo: LevelGeometry, cands: list[dict[str, Any]], routes: list[dict
         rule = ("no pedicle screw" if n_screws == 0 else f"one pedicle screw ({geo.screws[0]})") + ": kyphoplasty through a free pedicle or parapedicular (domain practice)"
     route_pref = {"transpedicular": 0, "parapedicular": 1, "extrapedicular_superior": 2, "extrapedicular_inferior": 3}
     for proc in order:
-        ok = [c for c in cands if proc in c["verdict"]["instruments"]]
+        ok = [c for c in cands if proc in c["verdict"]["instruments"] and c["verdict"].get("guide", {"feasible": True})["feasible"]]
         if not ok:
             continue
         if proc == "kyphoplasty" and opt.procedure == "auto":
@@ -727,7 +743,13 @@ def recommend(geo: LevelGeometry, cands: list[dict[str, Any]], routes: list[dict
         other = [c for c in ok if c["side"] != best["side"]]
         access = "unipedicular" if uni or not other else "bilateral"
         chosen = [best["id"]] + ([other[0]["id"]] if access == "bilateral" else [])
+        steps = None
+        if opt.coaxial_guide:
+            tool = {"kyphoplasty": "kyphoplasty cannula", "vertebroplasty_curved": "curved-needle cannula", "vertebroplasty_straight": "vertebroplasty needle"}[proc]
+            steps = [f"{opt.coaxial_guide} guide needle to the cannula tip", f"{tool} coaxially over the guide"] + (
+                ["curved needle out of the cannula tip"] if proc == "vertebroplasty_curved" else ["drill, then bone tamp in the channel"] if proc == "kyphoplasty" else [])
         return {
+            **({"coaxial_steps": steps} if steps else {}),
             "procedure": proc,
             "access": access,
             "candidates": chosen,

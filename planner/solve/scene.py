@@ -584,7 +584,9 @@ class Scene:
     def _coarse_grid(self, sl, stride) -> Grid:
         lab = self.labels
         A = lab.lps_from_ijk.copy()
-        A[:3, 3] = lab.lps_from_index(np.array([[s_.start for s_ in sl]], float))[0]
+        # a coarse node sits at the centre of the block of full-resolution voxels it pools,
+        # so the pooled voxel [-st/2, +st/2] covers exactly the voxels it stands for
+        A[:3, 3] = lab.lps_from_index(np.array([[s_.start + (st - 1) / 2.0 for s_, st in zip(sl, stride)]], float))[0]
         A[:3, :3] = A[:3, :3] * stride[None, :]
         return Grid(A, tuple(int((s_.stop - s_.start) // st) for s_, st in zip(sl, stride)))
 
@@ -648,8 +650,11 @@ class Scene:
         F[better] = metal[0][better]
         ID[better] = metal[1][better]
         present["hardware"] = present["hardware"] or bool((arr == metal_id).any())
-        coarse_lab = arr[:: stride[0], :: stride[1], :: stride[2]]
-        skin = _sdf(coarse_lab > 0, grid.spacing)
+        inside = arr > 0
+        if np.any(stride > 1):
+            cs = grid.shape
+            inside = inside.reshape(cs[0], stride[0], cs[1], stride[1], cs[2], stride[2]).any(axis=(1, 3, 5))
+        skin = _sdf(inside, grid.spacing)
         out = {"levels": set(levels) | (have["levels"] if have else set()), "slices": sl, "grid": grid, "F": F, "ID": ID,
                "skin": skin, "present": present, "stride": stride, "seconds": time.perf_counter() - t0}
         cache[key] = out
