@@ -258,19 +258,20 @@ def _refine(q0: np.ndarray, q1: np.ndarray, parent: np.ndarray, n: int, values, 
     return q0[j] + a[:, None] * u[j], q0[j] + b[:, None] * u[j], parent[j], pmin
 
 
-def _windowed(p0: np.ndarray, p1: np.ndarray, values, final, steps=(2.0, 0.25)) -> np.ndarray:
+def _windowed(p0: np.ndarray, p1: np.ndarray, values, final, steps=(8.0, 2.0, 0.25)) -> np.ndarray:
     """Minimum over each segment of a 1-Lipschitz function sampled at the final step:
     coarse passes over ``steps`` narrow the segments to windows (:func:`_refine`), then
-    ``final(q0, q1)`` (a 0.05 mm verifier) gives each window's minimum.  Windows of
-    segments whose sampled minimum exceeds ``COMPARE_CAP_MM + 1`` are not refined (their
-    coarse value is kept: it is above every margin and outside the compared range)."""
+    ``final(q0, q1)`` (a 0.05 mm verifier) gives each window's minimum.  Segments whose
+    sampled minimum less half a step exceeds ``COMPARE_CAP_MM`` (so the exact minimum does)
+    are not refined further (their coarse value is kept: above every margin and outside the
+    compared range)."""
     n = len(p0)
     q0, q1, par = p0, p1, np.arange(n)
     best = np.full(n, np.inf)
     for st in steps:
         q0, q1, par, pmin = _refine(q0, q1, par, n, values, st)
         best = np.minimum(best, pmin)
-        near = pmin[par] <= COMPARE_CAP_MM + 1.0
+        near = pmin[par] - 0.5 * st <= COMPARE_CAP_MM
         q0, q1, par = q0[near], q1[near], par[near]
     if len(par):
         np.minimum.at(best, par, final(q0, q1))
