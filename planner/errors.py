@@ -62,6 +62,11 @@ ERROR_CODES: dict[str, str] = {
     "PLN-FLU-002": "volume cannot be projected (a DRR needs a CT volume in HU)",
     "PLN-FLU-003": "malformed fluoroscopy input (trajectory, hardware, points or poses)",
     "PLN-FLU-004": "no posterior-wall points (level body label absent from the label map)",
+    "PLN-VIEW-001": "plan folder has no readable plan.json (not a planner plan)",
+    "PLN-VIEW-002": "case folder of the plan not found (pass --case CASE_DIR)",
+    "PLN-VIEW-003": "unknown level, candidate, structure group or view requested",
+    "PLN-VIEW-004": "slice or reformat cannot be made (no CT image, degenerate plane or path)",
+    "PLN-VIEW-005": "interactive display not available (use --off-screen --screenshot)",
 }
 
 #: code -> one-line meaning for coded warnings recorded in provenance.
