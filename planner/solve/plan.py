@@ -113,11 +113,8 @@ def level_obstacle_names(scene: Scene, level: str, geo: LevelGeometry | None = N
         cls = structure_class(name, level)
         if cls is None or (cls == "hardware" and name != "other_metal"):
             continue
-        mesh = scene.mesh(name)
-        if mesh is None or len(mesh.faces) == 0:
-            continue
-        b = mesh.bounds
-        if np.any(b[0] > hi) or np.any(b[1] < lo):
+        b = scene.mesh_bounds(name)
+        if b is None or np.any(b[0] > hi) or np.any(b[1] < lo):
             continue
         names.append(name)
     cache[level] = names
@@ -129,7 +126,7 @@ def _level_obstacles(scene: Scene, level: str) -> tuple[list[str], list[str], np
     cache = scene.__dict__.setdefault("_obstacle_arrays", {})
     if level not in cache:
         names = level_obstacle_names(scene, level)
-        b = np.array([scene.mesh(nm).bounds for nm in names], float).reshape(-1, 2, 3)
+        b = np.array([scene.mesh_bounds(nm) for nm in names], float).reshape(-1, 2, 3)
         cache[level] = (names, [structure_class(nm, level) for nm in names], b[:, 0], b[:, 1])
     return cache[level]
 

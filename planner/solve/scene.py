@@ -545,6 +545,26 @@ class Scene:
         self._meshes[name] = m
         return m
 
+    def mesh_bounds(self, name: str) -> np.ndarray | None:
+        """LPS bounds (2, 3) of a structure's mesh without loading it when the mesh folder's
+        ``manifest.json`` records them (``planner.meshing.mesh_scene`` writes it)."""
+        man = self.__dict__.get("_manifest")
+        if man is None:
+            man = {}
+            f = self.mesh_dir / "manifest.json" if self.mesh_dir is not None else None
+            if f is not None and f.is_file():
+                try:
+                    man = json.loads(f.read_text()).get("meshes", {})
+                except (OSError, ValueError):
+                    man = {}
+            self._manifest = man
+        entry = man.get(name)
+        if entry and "bounds_lps_mm" in entry and name not in self._meshes:
+            b = np.asarray(entry["bounds_lps_mm"], float)
+            return b + np.array([[-1e-3], [1e-3]])  # the manifest rounds to 1e-3 mm: stay conservative
+        m = self.mesh(name)
+        return None if m is None or len(m.faces) == 0 else np.asarray(m.bounds, float)
+
     def mesh_distance(self, name: str):
         """Cached :class:`planner.solve.exact.MeshDistance` of a structure (None if absent)."""
         if name not in self._mesh_distance:
