@@ -234,7 +234,8 @@ def _refine(q0: np.ndarray, q1: np.ndarray, parent: np.ndarray, n: int, values, 
     Samples the sub-segments ``q0``-``q1`` (owned by segments ``parent``) every ``step``
     (:func:`planner.solve.verify.dense_points`), evaluates ``values(points)`` (+inf where not
     evaluated) and keeps, as new sub-segments, ``+/- h`` around each sample whose value is at
-    most the parent's sampled minimum + ``h/2`` (``h`` its sub-segment's spacing).  A signed
+    most the parent's sampled minimum + ``h/2`` (``h`` its sub-segment's spacing; runs of
+    consecutive kept samples are merged into one window).  A signed
     distance is 1-Lipschitz, so the parent's exact minimiser lies within ``h/2`` of a sample
     with value <= exact minimum + h/2 <= sampled minimum + h/2: it stays inside the windows.
     Returns (q0, q1, parent, the parents' sampled minimum).
@@ -250,11 +251,17 @@ def _refine(q0: np.ndarray, q1: np.ndarray, parent: np.ndarray, n: int, values, 
     t = (np.arange(len(owner)) - first[owner]) * h[owner]
     pmin = np.full(n, np.inf)
     np.minimum.at(pmin, parent[owner], vals)
-    keep = np.isfinite(vals) & (vals <= pmin[parent[owner]] + 0.5 * h[owner] + 1e-9)
-    j = owner[keep]
+    keep = np.flatnonzero(np.isfinite(vals) & (vals <= pmin[parent[owner]] + 0.5 * h[owner] + 1e-9))
+    # consecutive kept samples of one sub-segment make one window (a flat minimum keeps many)
+    first_of_run = np.ones(len(keep), bool)
+    first_of_run[1:] = (np.diff(keep) > 1) | (owner[keep[1:]] != owner[keep[:-1]])
+    last_of_run = np.ones(len(keep), bool)
+    last_of_run[:-1] = first_of_run[1:]
+    lo_i, hi_i = keep[first_of_run], keep[last_of_run]
+    j = owner[lo_i]
     u = (q1 - q0) / np.maximum(L, 1e-12)[:, None]
-    a = np.clip(t[keep] - h[j], 0.0, L[j])
-    b = np.clip(t[keep] + h[j], 0.0, L[j])
+    a = np.clip(t[lo_i] - h[j], 0.0, L[j])
+    b = np.clip(t[hi_i] + h[j], 0.0, L[j])
     return q0[j] + a[:, None] * u[j], q0[j] + b[:, None] * u[j], parent[j], pmin
 
 
