@@ -436,7 +436,9 @@ def check_plan(plan_result: dict[str, Any], gt: GroundTruth) -> dict[str, Any]:
     for lv in plan_result["levels"]:
         level = lv["level"]
         rec = lv["recommendation"]
-        recs[level] = rec
+        by_id = {c["id"]: c for c in lv["candidates"]}
+        recs[level] = {**rec, "chosen": [(i, by_id[i]["route"], by_id[i]["side"]) if i in by_id else (i, "?", "?")
+                                         for i in rec.get("candidates") or []]}
         rec_ids = set(rec.get("candidates") or [])
         cands = [c for c in lv["candidates"] if c["verdict"]["feasible"] or c["id"] in rec_ids]
         if not cands:
@@ -569,8 +571,9 @@ def report(res: dict[str, Any]) -> None:
           f"error {res['arc_tip_error_mm']:.3f} mm")
     for level, rec in res["recommendations"].items():
         if rec.get("safe_route_found"):
-            print(f"  {level}: {rec['procedure']}, {rec['access']}, {rec.get('route')}, {rec.get('side')} "
-                  f"({', '.join(rec.get('candidates', []))})")
+            chosen = ", ".join(f"{i}: {r} {sd}" for i, r, sd in rec["chosen"])
+            note = f"; {rec['conflict_note']}" if rec.get("conflict_note") else ""
+            print(f"  {level}: {rec['procedure']}, {rec['access']}, {rec.get('route')}, {rec.get('side')} ({chosen}{note})")
         else:
             print(f"  {level}: no safe route")
     print(f"  {'PASS' if ok else 'FAIL'}")
