@@ -7,6 +7,7 @@ phantom   generate a phantom from a preset or a spec JSON
 render    render a case folder (or a phantom preset) to PNG off-screen
 segment   CT/MR -> labelled vertebrae, canal, soft tissue and fitted screws/rods (JSON summary)
 plan      needle trajectories per level: routes, exact clearances, reasons, recommendation
+view      3D viewer of a plan: interactive, screenshots, standalone HTML, report images
 convert   read any supported image (DICOM folder, NIfTI, NRRD, MHA) and write another format
 info      versions, presets, label names, tissues, error and warning codes (``--json``)
 
@@ -337,6 +338,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK if feasible else EXIT_NO_SAFE_ROUTE
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """3D viewer of a plan: interactive window, off-screen screenshot, standalone HTML, report images."""
+    import os
+
+    from planner.viewer.common import ViewerError
+    from planner.viewer.plandata import load_plan
+
+    plan = load_plan(args.plan_dir, args.case)
+    done: dict[str, object] = {"plan": str(Path(args.plan_dir)), "case": str(plan.case_dir)}
+    if args.report:
+        from planner.viewer.report import write_report
+
+        mf = write_report(plan, args.report, ct=args.ct, fluoro=not args.no_fluoro,
+                          window_size=tuple(args.window_size))
+        done["report"] = str(mf)
+    if args.html:
+        from planner.viewer.html import write_html
+
+        done["html"] = str(write_html(plan, args.html))
+    if args.screenshot or args.off_screen:
+        if not args.screenshot:
+            raise ViewerError("--off-screen needs --screenshot OUT.png", code="PLN-VIEW-005")
+        from planner.viewer.scene3d import PlanViewer
+
+        v = PlanViewer(plan, off_screen=True, window_size=tuple(args.window_size), slice_panel=args.slices,
+                       ct=args.ct, level=args.level, widgets=True)
+        try:
+            if args.candidate:
+                v.select(candidate=args.candidate)
+            for _ in range(args.slice_step):
+                v.next_slice()
+            {"level": v.frame_level, "overview": v.frame_overview}.get(args.camera, lambda: None)()
+            if args.camera.startswith("closeup_"):
+                v.frame_candidate(view=args.camera.split("_", 1)[1])
+            v.screenshot(args.screenshot)
+        finally:
+            v.close()
+        done["screenshot"] = str(args.screenshot)
+    elif not (args.report or args.html):
+        headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        if headless:
+            raise ViewerError(
+                "no display for the interactive viewer; use --off-screen --screenshot OUT.png, --html OUT.html "
+                "or --report OUT_DIR", code="PLN-VIEW-005",
+            )
+        from planner.viewer.scene3d import KEYS, PlanViewer
+
+        print("keys: " + "; ".join(f"{k} {v}" for k, v in KEYS.items()))
+        v = PlanViewer(plan, off_screen=False, window_size=tuple(args.window_size), slice_panel=not args.no_slices,
+                       ct=args.ct, level=args.level)
+        if args.candidate:
+            v.select(candidate=args.candidate)
+        v.show()
+        return EXIT_OK
+    _report(args, done)
+    return EXIT_OK
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from planner.io import read_volume, write_dicom_series, write_volume
 
@@ -477,6 +536,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", help="output folder: evaluation.json and evaluation.mrk.json")
     ev.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     ev.set_defaults(func=cmd_evaluate)
+
+    vw = sub.add_parser(
+        "view",
+        help="3D viewer of a plan (interactive; --off-screen --screenshot, --html, --report for files)",
+        description="Show a plan folder written by 'planner plan': vertebrae by level, screws and rods, canal and "
+                    "critical structures, candidates coloured by score, the recommended needle at its real radius, "
+                    "and a CT slice / needle-aligned reformat panel. Keys: n/p candidate, l/k level, m slice, "
+                    "1-9/0 toggle structure groups, r frame level, o overview, h help, q quit.",
+    )
+    vw.add_argument("plan_dir", help="plan folder (holds plan.json)")
+    vw.add_argument("--case", help="case folder the plan was made on (default: PLAN_DIR/.. when PLAN_DIR is <case>/plan)")
+    vw.add_argument("--ct", help="CT image for the slices (default: the case's image.nii.gz or dicom/)")
+    vw.add_argument("--level", help="level to show first (default: the first planned level)")
+    vw.add_argument("--candidate", help="candidate id to select first (default: the level's recommended one)")
+    vw.add_argument("--off-screen", action="store_true", help="render without a window (with --screenshot)")
+    vw.add_argument("--screenshot", metavar="OUT.png", help="write a screenshot of the viewer")
+    vw.add_argument("--camera", choices=("level", "overview", "closeup_side", "closeup_axial"), default="level",
+                    help="camera of the screenshot (default level)")
+    vw.add_argument("--slices", action="store_true", help="screenshot: include the slice panel")
+    vw.add_argument("--slice-step", type=int, default=0, metavar="N",
+                    help="screenshot: step the slice panel N times (needle_axial, needle_sagittal, needle_perpendicular, axial, sagittal, coronal)")
+    vw.add_argument("--no-slices", action="store_true", help="interactive: no slice panel")
+    vw.add_argument("--window-size", type=int, nargs=2, default=(1400, 900), metavar=("W", "H"))
+    vw.add_argument("--html", metavar="OUT.html", help="write one self-contained HTML page of the plan (opens offline)")
+    vw.add_argument("--report", metavar="OUT_DIR", help="write report images per level and manifest.json")
+    vw.add_argument("--no-fluoro", action="store_true", help="report: leave out the fluoroscopy views")
+    vw.add_argument("--json", action="store_true")
+    vw.set_defaults(func=cmd_view)
 
     c = sub.add_parser("convert", help="convert between DICOM/NIfTI/NRRD/MHA (LPS kept)")
     c.add_argument("-i", "--input", required=True)

@@ -157,13 +157,15 @@ def tube_mesh(polyline: np.ndarray, radius: float, sections: int = 16, caps: boo
             faces.append((a0 + k, a0 + k1, b0 + k1))
             faces.append((a0 + k, b0 + k1, b0 + k))
     if caps:
+        # the caps get their own copies of the end rings, so smooth vertex normals of the
+        # side are not bent toward the axis by the cap fans
         n = len(verts)
-        verts = np.vstack([verts, c[:1], c[-1:]])
-        last = (len(c) - 1) * S
+        verts = np.vstack([verts, rings[0], rings[-1], c[:1], c[-1:]])
+        r0, r1, m0, m1 = n, n + S, n + 2 * S, n + 2 * S + 1
         for k in range(S):
             k1 = (k + 1) % S
-            faces.append((n, k1, k))
-            faces.append((n + 1, last + k, last + k1))
+            faces.append((m0, r0 + k1, r0 + k))
+            faces.append((m1, r1 + k, r1 + k1))
     return verts, np.asarray(faces, dtype=np.int64)
 
 

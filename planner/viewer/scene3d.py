@@ -289,8 +289,8 @@ class PlanViewer:
                               show_scalar_bar=False, name=f"entries:{lv.name}", smooth_shading=True)
                 self.level_line_actors[lv.name] += [a, b]
             pl.add_scalar_bar(
-                title="candidate score", n_labels=5, fmt="%.2f", color=TEXT_RGB, vertical=True,
-                position_x=0.90, position_y=0.30, width=0.045, height=0.40, title_font_size=14, label_font_size=12,
+                title="score", n_labels=5, fmt="%.2f", color=TEXT_RGB, vertical=True,
+                position_x=0.89, position_y=0.30, width=0.04, height=0.40, title_font_size=14, label_font_size=12,
             )
         self.level_blocked_actors: dict[str, Any] = {}
         for lv in self.plan.levels:
@@ -420,7 +420,12 @@ class PlanViewer:
                     raise ViewerError(f"level {self.level.name} has no candidates", code="PLN-VIEW-003")
                 self.candidate_index = int(candidate) % len(self.level.candidates)
             else:
-                self.candidate_index = self.level.candidates.index(self.level.candidate(str(candidate)))
+                cid = str(candidate)
+                if level is None and all(c.id != cid for c in self.level.candidates):
+                    owner = [i for i, lv in enumerate(self.plan.levels) if any(c.id == cid for c in lv.candidates)]
+                    if owner:
+                        self.level_index = owner[0]
+                self.candidate_index = self.level.candidates.index(self.level.candidate(cid))
         self._update_selection()
         if self.slice_panel:
             self._update_slice()
@@ -474,27 +479,59 @@ class PlanViewer:
 
     # ------------------------------------------------------------------ camera
     def _frame(self, lo: np.ndarray, hi: np.ndarray, direction: np.ndarray, up: np.ndarray = (0, 0, 1), zoom: float = 1.0) -> None:
+        """Fit the corners of an LPS box (see :meth:`_fit`)."""
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
+        self._fit(corners, direction, up, margin=1.05 / zoom)
+
+    def _viewport_aspect(self) -> float:
+        w = self.window_size[0] * (0.64 if self.slice_panel else 1.0)
+        return w / self.window_size[1]
+
+    def _fit(self, points: np.ndarray, direction: np.ndarray, up: np.ndarray = (0, 0, 1), margin: float = 1.08) -> None:
+        """Camera looking along ``-direction`` at ``points`` (n, 3), framed tightly.
+
+        The points are projected on the screen axes; the focal point is the centre of their
+        screen extent, and the distance fits that extent (times ``margin``) in the 30 degree
+        view angle, measured from the points nearest to the camera.
+        """
         pl = self.plotter
         pl.subplot(0, 0)
+        p = np.asarray(points, float).reshape(-1, 3)
         d = unit(direction)
-        focal = (lo + hi) / 2
-        diag = float(np.linalg.norm(hi - lo))
-        pl.camera_position = [tuple(focal + d * 3 * diag), tuple(focal), tuple(np.asarray(up, float))]
-        pl.reset_camera(bounds=(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))
-        pl.camera.zoom(zoom)
+        u = np.asarray(up, float)
+        u = unit(u - (u @ d) * d)
+        right = np.cross(-d, u)
+        xs, ys, zs = p @ right, p @ u, p @ d
+        cx, cy, cz = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, (zs.min() + zs.max()) / 2
+        focal = cx * right + cy * u + cz * d
+        hx, hy = (xs.max() - xs.min()) / 2 * margin, (ys.max() - ys.min()) / 2 * margin
+        view_angle = 30.0
+        dist = max(hy, hx / self._viewport_aspect(), 1.0) / np.tan(np.radians(view_angle / 2)) + (zs.max() - cz)
+        pl.camera_position = [tuple(focal + d * dist), tuple(focal), tuple(u)]
+        pl.camera.view_angle = view_angle
+        pl.renderer.ResetCameraClippingRange()
 
-    def level_bounds(self, level: LevelData | None = None, margin_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
-        """LPS box around a level's body and the paths of its candidates."""
+    def level_points(self, level: LevelData | None = None) -> np.ndarray:
+        """Points (n, 3) a level view frames: the body box corners (in the body frame, 8 mm
+        around) and the selected and recommended paths."""
         lv = level or self.level
         pts = []
         if lv.centre is not None:
-            he = lv.half_extent if lv.half_extent is not None else np.array([20.0, 15.0, 12.0])
-            pts += [lv.centre - he - 10.0, lv.centre + he + 10.0]
-        for c in lv.recommended or lv.candidates[:1]:
-            pts += [c.entry, c.target, c.tip]
+            he = (lv.half_extent if lv.half_extent is not None else np.array([20.0, 15.0, 12.0])) + 8.0
+            R = np.stack([lv.axes.get(k, e) for k, e in zip("uvw", np.eye(3))], axis=1)
+            box = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float) * he
+            pts.append(lv.centre + box @ R.T)
+        sel = [self.candidate] if (self.candidate is not None and self.candidate.level == lv.name) else []
+        for c in (lv.recommended or lv.candidates[:1]) + sel:
+            pts.append(np.vstack([c.entry, c.target, c.tip]))
         if not pts:
-            return self.scene_bounds()
-        p = np.vstack(pts)
+            lo, hi = self.scene_bounds()
+            return np.vstack([lo, hi])
+        return np.vstack(pts)
+
+    def level_bounds(self, level: LevelData | None = None, margin_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+        """LPS box around a level's body and its paths (:meth:`level_points`), with a margin."""
+        p = self.level_points(level)
         return p.min(0) - margin_mm, p.max(0) + margin_mm
 
     def scene_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -506,7 +543,7 @@ class PlanViewer:
         a = np.vstack(b)
         return a.min(0), a.max(0)
 
-    def frame_level(self, direction: np.ndarray | None = None, zoom: float = 1.3) -> None:
+    def frame_level(self, direction: np.ndarray | None = None, zoom: float = 1.0) -> None:
         """Camera on the selected level, its selected path in view.
 
         The default direction is :data:`OBLIQUE_VIEW`, mirrored to the patient's right when
@@ -520,18 +557,22 @@ class PlanViewer:
             c = self.candidate
             if c is not None and c.side == "right":
                 direction[0] = -direction[0]
-        lo, hi = self.level_bounds()
-        self._frame(lo, hi, np.asarray(direction, float), zoom=zoom)
+        self._fit(self.level_points(), np.asarray(direction, float), margin=1.1 / zoom)
 
-    def frame_overview(self, direction: np.ndarray = OBLIQUE_VIEW, zoom: float = 1.1) -> None:
+    def frame_overview(self, direction: np.ndarray = OBLIQUE_VIEW, zoom: float = 1.0) -> None:
         """Camera on the whole scene."""
         self.clear_slab()
         self._focus = None
         self._refresh_visibility()
-        lo, hi = self.scene_bounds()
-        pts = [lo, hi] + [c.entry for c in self.plan.all_candidates() if c.recommended]
-        p = np.vstack(pts)
-        self._frame(p.min(0), p.max(0), np.asarray(direction, float), zoom=zoom)
+        pts = []
+        for m in self.meshes:
+            if m.group in ("vertebrae", "hardware"):
+                lo, hi = m.bounds
+                pts.append(np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]))
+        pts += [np.vstack([c.entry, c.target]) for c in self.plan.all_candidates() if c.recommended]
+        if not pts:
+            pts = [np.vstack(self.scene_bounds())]
+        self._fit(np.vstack(pts), np.asarray(direction, float), margin=1.08 / zoom)
 
     def frame_candidate(self, c: Candidate | None = None, view: str = "side", zoom: float = 1.0) -> None:
         """Close-up of a candidate's path and its level, the anatomy cut to a slab.
@@ -542,8 +583,9 @@ class PlanViewer:
             Default: the selected candidate.
         view : {"side", "axial"}
             ``side``: looking across the needle horizontally (perpendicular to the needle
-            and to the patient's z, from the posterior side), superior up, anatomy cut to
-            the level and half of each neighbour: the path against the endplates and discs.
+            and to the patient's z, from the needle's side of the patient), superior up,
+            anatomy cut to the level and half of each neighbour: the path against the
+            endplates and discs.
             ``axial``: from the feet up the patient's z, anterior up and the patient's left
             on the right (as an axial CT), anatomy cut to the level: the path against the
             pedicle, canal and body outline.
@@ -562,7 +604,9 @@ class PlanViewer:
             direction = np.cross(d, [0.0, 0.0, 1.0])
             if np.linalg.norm(direction) < 1e-3:
                 direction = np.array([1.0, 0.0, 0.0])
-            direction = direction if direction[1] >= 0 else -direction
+            # from the needle's side of the patient, so the needle is in front of the spine
+            sx = 1.0 if c.side == "left" else -1.0 if c.side == "right" else float(np.sign(c.entry[0] - c.target[0]) or 1.0)
+            direction = direction if direction[0] * sx >= 0 else -direction
             up = np.array([0.0, 0.0, 1.0])
             self.set_slab(centre, w, h + 22.0)
         elif view == "axial":
@@ -570,13 +614,9 @@ class PlanViewer:
             self.set_slab(centre, w, h + 3.0)
         else:
             raise ViewerError(f"close-up view must be side or axial, got {view!r}", code="PLN-VIEW-003")
-        pts = [c.entry, c.target, c.tip]
-        if lv.centre is not None and lv.half_extent is not None:
-            pts += [lv.centre - lv.half_extent, lv.centre + lv.half_extent]
-        p = np.vstack(pts)
         self._focus = lv.name
         self._refresh_visibility()
-        self._frame(p.min(0) - 5.0, p.max(0) + 5.0, direction, up=up, zoom=zoom)
+        self._fit(self.level_points(), direction, up=up, margin=1.06 / zoom)
 
     def set_slab(self, centre: np.ndarray, normal: np.ndarray, half_thickness_mm: float) -> None:
         """Cut the anatomy and hardware meshes to a slab (paths and needles stay whole)."""

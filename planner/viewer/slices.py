@@ -501,6 +501,9 @@ def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; written files follow the umask
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
