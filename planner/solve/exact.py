@@ -477,6 +477,25 @@ def segment_triangle_distance(p0, p1, a, b, c) -> tuple[Array, Array]:
 
 
 # ---------------------------------------------------------------------------------- mesh
+def _spread_bits(x: Array) -> Array:
+    """Spread the low 21 bits of ``x`` (uint64) to every third bit."""
+    x = x & np.uint64(0x1FFFFF)
+    x = (x | (x << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
+    x = (x | (x << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
+    x = (x | (x << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
+    x = (x | (x << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
+    x = (x | (x << np.uint64(2))) & np.uint64(0x1249249249249249)
+    return x
+
+
+def _morton_codes(points: Array) -> Array:
+    """63-bit Morton codes (uint64) of points (n, 3), 21 bits per axis over their bounds."""
+    lo = points.min(axis=0)
+    span = np.maximum(points.max(axis=0) - lo, 1e-12)
+    q = np.clip(((points - lo) / span * (2**21 - 1)).astype(np.int64), 0, 2**21 - 1).astype(np.uint64)
+    return (_spread_bits(q[:, 0]) << np.uint64(2)) | (_spread_bits(q[:, 1]) << np.uint64(1)) | _spread_bits(q[:, 2])
+
+
 class _Level:
     """Nodes of one level of the implicit BVH (arrays indexed by node)."""
 
@@ -497,12 +516,13 @@ class MeshDistance:
 
     Built once per mesh (e.g. a marching-cubes surface of an anatomical structure, tens of
     thousands of faces).  Culling uses an implicit, balanced bounding-volume hierarchy
-    (median splits of triangle centroids along the longest axis; every node has an
+    (triangles sorted once by the Morton code of their centroids, nodes = runs; every node has an
     axis-aligned box, a bounding sphere and a representative surface point, the centroid
-    of one of its triangles).  Queries traverse it level by level for all segments at
-    once: a node is kept while its lower bound (max of segment-to-sphere and
-    box-to-box distances) does not exceed the segment's current upper bound (distance to
-    representative surface points seen so far, or ``max_distance``); surviving leaves are
+    of one of its triangles).  Queries traverse it depth first in compiled code
+    (:mod:`planner.solve.kernels`), or level by level for all segments at once in numpy: a
+    node is kept while its lower bound (max of segment-to-sphere and box-to-box distances)
+    does not exceed the segment's current upper bound (distance to representative surface
+    points seen so far, or ``max_distance``); surviving leaves are
     checked triangle by triangle with exact segment-triangle distances.  Pruning is
     conservative, so results are exact (to round-off).
 
@@ -554,18 +574,10 @@ class MeshDistance:
     def _build_bvh(self, leaf_size: int) -> None:
         nf = len(self.faces)
         depth = max(0, int(math.ceil(math.log2(nf / leaf_size)))) if nf > leaf_size else 0
-        order = np.arange(nf, dtype=np.int64)
         cen = self.centroids
-        pos = np.arange(nf)
-        for k in range(depth):
-            nn = 1 << k
-            starts = self._starts(nf, nn)
-            node = np.repeat(np.arange(nn), np.diff(np.append(starts, nf)))
-            c = cen[order]
-            span = np.maximum.reduceat(c, starts, axis=0) - np.minimum.reduceat(c, starts, axis=0)
-            axis = np.argmax(span, axis=1)
-            key = c[pos, axis[node]]
-            order = order[np.lexsort((key, node))]
+        # triangles in Morton (Z-order) of their centroids: one sort, and every node of the
+        # implicit balanced tree is a spatially compact run of it
+        order = np.argsort(_morton_codes(cen), kind="stable").astype(np.int64)
         self.order = order
         self.depth = depth
         tmin = self.tri_min[order]
