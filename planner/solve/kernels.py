@@ -274,7 +274,8 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
             gx = max(max(sbmin[k, 0] - hi0, lo0 - sbmax[k, 0]), 0.0)
             gy = max(max(sbmin[k, 1] - hi1, lo1 - sbmax[k, 1]), 0.0)
             gz = max(max(sbmin[k, 2] - hi2, lo2 - sbmax[k, 2]), 0.0)
-            if math.sqrt(gx * gx + gy * gy + gz * gz) >= best:
+            gap = math.sqrt(gx * gx + gy * gy + gz * gz)
+            if gap > 0.0 and gap >= best:  # outside the box: at least the gap away
                 continue
             if kind[k] == 1:
                 j0 = poly_start[k]

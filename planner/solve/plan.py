@@ -79,7 +79,9 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
         order = np.lexsort((np.arange(len(names)), lb.min(0)))
         for k in order:
             cls = classes[k]
-            rows = np.flatnonzero(lb[:, k] < np.minimum(out[cls][0], EXACT_CULL_MM + 5.0))
+            cur = out[cls][0]
+            # beats the best so far, or may be deeper inside than a penetration found so far
+            rows = np.flatnonzero((lb[:, k] < np.minimum(cur, EXACT_CULL_MM + 5.0)) | ((lb[:, k] <= 0.0) & (cur <= 0.0)))
             if not len(rows):
                 continue
             md = scene.mesh_distance(names[k])
@@ -795,25 +797,89 @@ def _axis_distance(a0, a1, b0, b1) -> float:
     return float(exact.segment_segment_distance(np.asarray([a0], float), np.asarray([a1], float), np.asarray([b0], float), np.asarray([b1], float))[0])
 
 
-def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None:
-    chosen: list[dict[str, Any]] = []
-    for lv in levels:
-        rec = lv["recommendation"]
-        if not rec["safe_route_found"]:
+#: Alternatives per level considered when recommended needles of several levels clash.
+CONFLICT_ALTERNATIVES = 6
+
+
+def _level_options(lv: dict[str, Any], opt: SolverOptions) -> list[list[dict[str, Any]]]:
+    """Needle sets a level can use: its recommendation first, then the next feasible
+    candidates of the same procedure (each paired, for bilateral access, with the best
+    other-side candidate that does not clash with it)."""
+    rec = lv["recommendation"]
+    by_id = {c["id"]: c for c in lv["candidates"]}
+    first = [by_id[i] for i in rec["candidates"]]
+    same = [c for c in lv["candidates"] if rec["procedure"] in c["verdict"]["instruments"] and c["verdict"].get("guide", {"feasible": True})["feasible"]]
+    same.sort(key=lambda c: (-c["score"], c["id"]))
+    out = [first]
+    for c in same:
+        if c["id"] == first[0]["id"] or len(out) > CONFLICT_ALTERNATIVES:
             continue
-        by_id = {c["id"]: c for c in lv["candidates"]}
-        picked = [by_id[i] for i in rec["candidates"]]
-        clash = [(p, q) for p in picked for q in chosen if _clash(p, q, opt)]
-        if clash:
-            alt = [c for c in lv["candidates"] if rec["procedure"] in c["verdict"]["instruments"] and not any(_clash(c, q, opt) for q in chosen)]
-            note = f"first choice clashed with {clash[0][1]['id']}"
-            if alt:
-                rec["candidates"] = [alt[0]["id"]] + [i for i in rec["candidates"][1:] if not any(_clash(by_id[i], q, opt) for q in chosen)]
-                rec["conflict_note"] = note + f"; replaced by {alt[0]['id']}"
-                picked = [by_id[i] for i in rec["candidates"]]
-            else:
-                rec["conflict_note"] = note + "; no alternative without a clash"
-        chosen.extend(picked)
+        pair = [c]
+        if rec["access"] == "bilateral":
+            other = [o for o in same if o["side"] != c["side"] and not _clash(o, c, opt)]
+            if other:
+                pair.append(other[0])
+        out.append(pair)
+    return out
+
+
+def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None:
+    """Choose one needle set per level so that no two levels' needles clash (skin entries
+    and axes, :func:`_clash`) at the least cost (an alternative costs 1, or 3 when it
+    changes the route, plus a thousandth of the score it loses): an exhaustive search over each
+    level's recommendation and its next :data:`CONFLICT_ALTERNATIVES` alternatives
+    (deterministic; ties keep earlier choices).  A level without a clash-free choice keeps
+    its recommendation with a note."""
+    active = [lv for lv in levels if lv["recommendation"]["safe_route_found"]]
+    if len(active) < 2:
+        return
+    opts = [_level_options(lv, opt) for lv in active]
+    # cost of a choice: 0 for the recommendation; an alternative costs 1, 3 when it changes
+    # the route (a kyphoplasty moved off its free pedicle loses more than a curved needle
+    # moved to the other side), plus a thousandth of the score it loses
+    cost = [
+        [0.0] + [
+            1.0 + 2.0 * (alt[0]["route"] != o[0][0]["route"]) + 1e-3 * max(o[0][0]["score"] - alt[0]["score"], 0.0)
+            for alt in o[1:]
+        ]
+        for o in opts
+    ]
+    best: tuple[float, list[int]] | None = None
+
+    def search(k: int, chosen: list[dict[str, Any]], picks: list[int], loss: float) -> None:
+        nonlocal best
+        if best is not None and loss > best[0] + 1e-12:
+            return
+        if k == len(opts):
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, list(picks))
+            return
+        for j, needles in enumerate(opts[k]):
+            if any(_clash(p, q, opt) for p in needles for q in chosen):
+                continue
+            # the recommendation is the preferred choice (route preference, then score): the
+            # loss counts how far down each level's list the choice is, then the score lost
+            search(k + 1, chosen + needles, picks + [j], loss + cost[k][j])
+
+    search(0, [], [], 0.0)
+    for k, lv in enumerate(active):
+        rec = lv["recommendation"]
+        if best is None:
+            others = [q for m, o in enumerate(opts) if m != k for q in o[0]]
+            clash = [q for p in opts[k][0] for q in others if _clash(p, q, opt)]
+            if clash:
+                rec["conflict_note"] = f"clashes with {clash[0]['id']}; no combination of alternatives is clash-free"
+            continue
+        j = best[1][k]
+        if j == 0:
+            continue
+        needles = opts[k][j]
+        rec["conflict_note"] = f"first choice {rec['candidates'][0]} clashed with another level's needle; replaced by {needles[0]['id']}"
+        rec["candidates"] = [c["id"] for c in needles]
+        rec["side"] = needles[0]["side"]
+        rec["route"] = needles[0]["route"]
+        if rec["access"] == "bilateral" and len(needles) < 2:
+            rec["access"] = "unipedicular"
 
 
 def _clash(p: dict[str, Any], q: dict[str, Any], opt: SolverOptions) -> bool:
