@@ -383,7 +383,7 @@ class PlanViewer:
             if self._metrics_actor is None:
                 self._metrics_actor = pl.add_text(
                     self.panel_text(), position=(8, self.window_size[1] - 8), font_size=self._font_size(),
-                    color=TEXT_RGB, font="courier", name="metrics",
+                    color=TEXT_RGB, font="courier", name="metrics", shadow=True,
                 )
                 self._metrics_actor.GetTextProperty().SetVerticalJustificationToTop()
             else:
@@ -487,12 +487,17 @@ class PlanViewer:
         w = self.window_size[0] * (0.64 if self.slice_panel else 1.0)
         return w / self.window_size[1]
 
-    def _fit(self, points: np.ndarray, direction: np.ndarray, up: np.ndarray = (0, 0, 1), margin: float = 1.08) -> None:
+    def _fit(
+        self, points: np.ndarray, direction: np.ndarray, up: np.ndarray = (0, 0, 1), margin: float = 1.08,
+        view_angle: float = 12.0,
+    ) -> None:
         """Camera looking along ``-direction`` at ``points`` (n, 3), framed tightly.
 
         The points are projected on the screen axes; the focal point is the centre of their
-        screen extent, and the distance fits that extent (times ``margin``) in the 30 degree
-        view angle, measured from the points nearest to the camera.
+        screen extent, and the camera distance is the least that keeps every point (its
+        offset times ``margin``) inside the perspective view of ``view_angle`` degrees (a
+        narrow angle puts the camera farther away: less perspective distortion of near
+        skin entries).
         """
         pl = self.plotter
         pl.subplot(0, 0)
@@ -504,20 +509,23 @@ class PlanViewer:
         xs, ys, zs = p @ right, p @ u, p @ d
         cx, cy, cz = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, (zs.min() + zs.max()) / 2
         focal = cx * right + cy * u + cz * d
-        hx, hy = (xs.max() - xs.min()) / 2 * margin, (ys.max() - ys.min()) / 2 * margin
-        view_angle = 30.0
-        dist = max(hy, hx / self._viewport_aspect(), 1.0) / np.tan(np.radians(view_angle / 2)) + (zs.max() - cz)
+        t = np.tan(np.radians(view_angle / 2))
+        # perspective: a point at depth z (toward the camera) and screen offset (x, y) stays in
+        # view when max(|y|, |x| / aspect) <= (dist - z) tan(angle / 2)
+        need = np.maximum(np.abs(ys - cy), np.abs(xs - cx) / self._viewport_aspect()) * margin / t + (zs - cz)
+        dist = max(float(need.max()), 1.0)
         pl.camera_position = [tuple(focal + d * dist), tuple(focal), tuple(u)]
         pl.camera.view_angle = view_angle
         pl.renderer.ResetCameraClippingRange()
 
     def level_points(self, level: LevelData | None = None) -> np.ndarray:
-        """Points (n, 3) a level view frames: the body box corners (in the body frame, 8 mm
-        around) and the selected and recommended paths."""
+        """Points (n, 3) a level view frames: the corners of a box in the body frame around
+        the body and half of each neighbouring level, and the selected and recommended paths."""
         lv = level or self.level
         pts = []
         if lv.centre is not None:
-            he = (lv.half_extent if lv.half_extent is not None else np.array([20.0, 15.0, 12.0])) + 8.0
+            he = lv.half_extent if lv.half_extent is not None else np.array([20.0, 15.0, 12.0])
+            he = he + np.array([40.0, 30.0, 2.0 * he[2] + 25.0])  # out past the neighbouring levels
             R = np.stack([lv.axes.get(k, e) for k, e in zip("uvw", np.eye(3))], axis=1)
             box = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float) * he
             pts.append(lv.centre + box @ R.T)
@@ -557,7 +565,7 @@ class PlanViewer:
             c = self.candidate
             if c is not None and c.side == "right":
                 direction[0] = -direction[0]
-        self._fit(self.level_points(), np.asarray(direction, float), margin=1.1 / zoom)
+        self._fit(self.level_points(), np.asarray(direction, float), margin=1.2 / zoom)
 
     def frame_overview(self, direction: np.ndarray = OBLIQUE_VIEW, zoom: float = 1.0) -> None:
         """Camera on the whole scene."""
