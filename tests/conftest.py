@@ -52,3 +52,25 @@ def oblique_affine(spacing=(0.7, 1.1, 2.3), angles=(12.0, -7.0, 25.0), origin=(-
 @pytest.fixture
 def oblique():
     return oblique_affine
+
+
+@pytest.fixture(scope="session")
+def case_example_1mm(tmp_path_factory):
+    """The case-example phantom at 1.0 mm (CT, labels, 1.0 mm meshes, case.json), made once
+    per test session and shared by the solver, schema and CLI tests (read only)."""
+    from planner.phantom import generate, get_preset, write_case
+    from planner.phantom.spec import CaseSpec
+
+    d = get_preset("case_example").to_dict()
+    d["imaging"]["spacing_mm"] = [1.0, 1.0, 1.0]
+    out = tmp_path_factory.mktemp("case_example_1mm")
+    write_case(generate(CaseSpec.from_dict(d)), out, dicom=False, mesh_spacing_mm=1.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def case_example_scene(case_example_1mm):
+    """A solver Scene of :func:`case_example_1mm` (shared: its caches speed later tests)."""
+    from planner.solve.scene import Scene
+
+    return Scene.from_phantom_case(case_example_1mm)

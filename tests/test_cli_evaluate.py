@@ -174,17 +174,10 @@ def test_usage_and_typed_errors(fake, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- the real evaluator
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    from planner.phantom import generate, get_preset, write_case
-    from planner.phantom.spec import CaseSpec
+def case(case_example_1mm, case_example_scene):
     from planner.solve.plan import plan
-    from planner.solve.scene import Scene
 
-    d = get_preset("case_example").to_dict()
-    d["imaging"]["spacing_mm"] = [1.0, 1.0, 1.0]
-    out = tmp_path_factory.mktemp("case_example_evaluate")
-    write_case(generate(CaseSpec.from_dict(d)), out, dicom=False, mesh_spacing_mm=1.0)
-    scene = Scene.from_phantom_case(out)
+    out, scene = case_example_1mm, case_example_scene
     result = plan(scene, ["L4"])
     return types.SimpleNamespace(dir=out, scene=scene, plan=result)
 

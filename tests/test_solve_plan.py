@@ -9,27 +9,17 @@ import pytest
 
 from planner.errors import SolverError
 from planner.solve.config import SolverOptions
-from planner.solve.scene import Scene, display_name, structure_class
+from planner.solve.scene import display_name, structure_class
 
 
 @pytest.fixture(scope="module")
-def case_dir(tmp_path_factory):
-    from planner.phantom import generate, get_preset, write_case
-
-    spec = get_preset("case_example")
-    d = spec.to_dict()
-    d["imaging"]["spacing_mm"] = [1.0, 1.0, 1.0]
-    from planner.phantom.spec import CaseSpec
-
-    case = generate(CaseSpec.from_dict(d))
-    out = tmp_path_factory.mktemp("case_example")
-    write_case(case, out, dicom=False, mesh_spacing_mm=1.0)
-    return out
+def case_dir(case_example_1mm):
+    return case_example_1mm
 
 
 @pytest.fixture(scope="module")
-def scene(case_dir):
-    return Scene.from_phantom_case(case_dir)
+def scene(case_example_scene):
+    return case_example_scene
 
 
 @pytest.fixture(scope="module")

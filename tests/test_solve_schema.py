@@ -16,17 +16,10 @@ from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
-def l4_plan(tmp_path_factory):
-    from planner.phantom import generate, get_preset, write_case
-    from planner.phantom.spec import CaseSpec
+def l4_plan(case_example_scene):
     from planner.solve.plan import plan
-    from planner.solve.scene import Scene
 
-    d = get_preset("case_example").to_dict()
-    d["imaging"]["spacing_mm"] = [1.0, 1.0, 1.0]
-    out = tmp_path_factory.mktemp("case_example_schema")
-    write_case(generate(CaseSpec.from_dict(d)), out, dicom=False, mesh_spacing_mm=1.0)
-    result = plan(Scene.from_phantom_case(out), ["L4"])
+    result = plan(case_example_scene, ["L4"])
     assert result["levels"][0]["candidates"], "the L4 plan of case_example has no candidate to check the schema with"
     return result
 
