@@ -1070,6 +1070,10 @@ def _part_level(name: str) -> str | None:
     return None
 
 
+#: Tissues meshed less the vertebrae and ribs of higher priority that overlap them.
+_LESS_BONE_TISSUES: tuple[str, ...] = ("disc", "lung", "pleura", "blood")
+
+
 def scene_meshes(
     scene: Any,
     spacing_mm: float = 0.5,
@@ -1109,7 +1113,7 @@ def scene_meshes(
     from planner.phantom.sdf import intersect, subtract
 
     out: dict[str, tuple[trimesh.Trimesh, dict[str, Any]]] = {}
-    bones = [s for s in scene.structures if isinstance(s.meta, dict) and s.meta.get("kind") == "vertebra"]
+    bones = [s for s in scene.structures if isinstance(s.meta, dict) and s.meta.get("kind") in ("vertebra", "rib")]
 
     def _overlaps(a: Any, b: Any) -> bool:
         return bool(np.all(a.sdf.bounds[0] <= b.sdf.bounds[1]) and np.all(b.sdf.bounds[0] <= a.sdf.bounds[1]))
@@ -1124,9 +1128,10 @@ def scene_meshes(
         level = s.meta.get("level") if isinstance(s.meta, dict) else None
         level = level or _part_level(s.name)
         sdf = s.sdf
-        if s.tissue == "disc":
-            # A disc's SDF reaches into both bodies by design (the bone, of higher priority,
-            # is drawn over it): mesh what the label map shows, the disc less the bone.
+        if s.tissue in _LESS_BONE_TISSUES:
+            # These SDFs may reach into bone (a disc into both bodies by design, lungs and
+            # pleura around the rib heads and vessels at the bodies); the bone, of higher
+            # priority, is drawn over them: mesh what the label map shows, less the bone.
             over = [b for b in bones if b.priority > s.priority and _overlaps(s, b)]
             if over:
                 sdf = subtract(s.sdf, *[b.sdf for b in over])
