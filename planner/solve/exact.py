@@ -907,7 +907,10 @@ class MeshDistance:
         dist, hit = self.segment_distance(p0, p1, max_distance)
         # a segment that does not cross the surface is wholly inside or wholly outside
         neg = hit.copy()
-        free = np.flatnonzero(~hit)
+        # ... so it is outside when either end lies outside the mesh's bounding box
+        lo, hi = self.bounds
+        boxed = np.all((p0 >= lo) & (p0 <= hi), axis=1) & np.all((p1 >= lo) & (p1 <= hi), axis=1)
+        free = np.flatnonzero(~hit & boxed)
         if len(free):
             neg[free] = self.contains(p0[free])
         out = dist.copy()
@@ -975,6 +978,14 @@ class MeshDistance:
         p = np.atleast_2d(_f64(points))
         if not 0.0 <= rel_tol < 1.0:
             raise ValueError("rel_tol must be in [0, 1)")
+        kern = _kernels()
+        if kern is not None:
+            bmin, bmax, centre, radius, starts, counts = self._flat()
+            q = np.ascontiguousarray(p)
+            return kern.bvh_segment_distance(
+                q, q, bmin, bmax, centre, radius, starts, counts, int(self.depth), self.order,
+                self.A, self.B, self.C, self.centroids, self.tri_radius, np.inf, 1.0 - float(rel_tol),
+            )[0]
         out = np.empty(len(p))
         step = 2048
         for i in range(0, len(p), step):

@@ -136,14 +136,16 @@ def _segment_triangle(p0, p1, a, b, c):
 
 
 @njit(cache=True)
-def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound):
+def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink=1.0):
     """Exact distance of segments ``P0``-``P1`` (n, 3) to a mesh, and whether they touch it.
 
     The hierarchy is the implicit heap of :class:`planner.solve.exact.MeshDistance`: node
     ``g`` of level ``k`` (``g = 2**k - 1 + i``) has children ``2 g + 1`` and ``2 g + 2``;
     the leaves (level ``depth``) own ``order[starts[i]:starts[i] + counts[i]]``.  Node
     arrays are flattened over the levels in that order.  Distances beyond ``bound`` come
-    back as ``bound``.
+    back as ``bound``.  ``shrink < 1`` prunes a node whose lower bound exceeds ``shrink``
+    times the best distance so far (the relative-tolerance query of
+    :meth:`planner.solve.exact.MeshDistance.approx_point_distance`); 1 is exact.
     """
     n = P0.shape[0]
     dist = np.full(n, bound)
@@ -166,17 +168,17 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
             gy = max(max(bmin[g, 1] - hi1, lo1 - bmax[g, 1]), 0.0)
             gz = max(max(bmin[g, 2] - hi2, lo2 - bmax[g, 2]), 0.0)
             lb = math.sqrt(gx * gx + gy * gy + gz * gz)
-            if lb > best:
+            if lb > shrink * best:
                 continue
             sp = _point_segment(centre[g, 0], centre[g, 1], centre[g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[g]
-            if sp > best:
+            if sp > shrink * best:
                 continue
             if g >= first_leaf:
                 i = g - first_leaf
                 for q in range(starts[i], starts[i] + counts[i]):
                     t = order[q]
                     lbt = _point_segment(tri_c[t, 0], tri_c[t, 1], tri_c[t, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - tri_r[t]
-                    if lbt > best:
+                    if lbt > shrink * best:
                         continue
                     d, h = _segment_triangle(p0, p1, A[t], B[t], C[t])
                     if h:
