@@ -74,23 +74,24 @@ def _ct(scene: PhantomScene, screws: list[Screw], rods: list[Rod]) -> Volume:
     hu = np.full(len(p), -1000.0)
     body = (p[:, 0] / 115.0) ** 2 + ((p[:, 1] - 20.0) / 95.0) ** 2 < 1.0
     hu[body] = 35.0
+    def inside(sdf) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the points in the SDF's bounds, and its distances there."""
+        lo, hi = sdf.bounds
+        idx = np.flatnonzero(np.all((p >= lo - 1.0) & (p <= hi + 1.0), axis=1))
+        return idx, sdf(p[idx])
+
     for st in scene.structures:
-        d = st.sdf(p)
+        idx, d = inside(st.sdf)
         if st.tissue == "cortical_bone":
-            hu[d < 0] = 220.0
-            hu[(d < 0) & (d > -1.5)] = 950.0
-        elif st.tissue == "blood":
-            hu[d < 0] = 45.0
+            hu[idx[d < 0]] = 220.0
+            hu[idx[(d < 0) & (d > -1.5)]] = 950.0
         else:
-            hu[d < 0] = 10.0
-    metal = np.full(len(p), np.inf)
-    for s in screws:
-        metal = np.minimum(metal, S.capsule(s.head_lps, s.tip_lps, s.diameter_mm / 2)(p))
-    for r in rods:
-        c = r.centreline_lps
-        for a, b in zip(c[:-1], c[1:]):
-            metal = np.minimum(metal, S.capsule(a, b, r.diameter_mm / 2)(p))
-    hu[metal < 0] = 3071.0
+            hu[idx[d < 0]] = 45.0 if st.tissue == "blood" else 10.0
+    metal = [S.capsule(s.head_lps, s.tip_lps, s.diameter_mm / 2) for s in screws]
+    metal += [S.capsule(a, b, r.diameter_mm / 2) for r in rods for a, b in zip(r.centreline_lps[:-1], r.centreline_lps[1:])]
+    for m in metal:
+        idx, d = inside(m)
+        hu[idx[d < 0]] = 3071.0
     return Volume(hu.reshape(shape).astype(np.int16), A, "CT")
 
 

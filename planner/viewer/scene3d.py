@@ -749,8 +749,10 @@ class PlanViewer:
         iren = pl.iren
         if iren is None:  # pragma: no cover - plotters always have one here
             return
-        # VTK's own character keys ('p' pick, 'w' wireframe, 'e' exit ...) would act too
+        # VTK's own character keys ('p' pick, 'w' wireframe, 'e' exit ...) would act too;
+        # with them gone, 'q' (pyvista's close key) has to end the event loop itself
         iren.interactor.RemoveObservers("CharEvent")
+        pl.add_key_event("q", iren.terminate_app)
         pl.add_key_event("n", lambda: self.next_candidate(1))
         pl.add_key_event("p", lambda: self.next_candidate(-1))
         pl.add_key_event("l", lambda: self.next_level(1))
