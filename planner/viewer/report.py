@@ -58,7 +58,6 @@ def _fluoro_views(case_dir: Path, ct: Any, cand_raw: dict[str, Any], level: str,
     except ImportError:  # pragma: no cover - fluoroscopy not installed
         return {"status": "skipped", "reason": "planner.fluoro is not available"}
     from planner.io import read_volume
-    from planner.solve.scene import _find
 
     hardware: list[Any] = []
     case = case_dir / "case.json"
@@ -74,7 +73,10 @@ def _fluoro_views(case_dir: Path, ct: Any, cand_raw: dict[str, Any], level: str,
         sc = load_scene(case_dir)
         hardware = [*sc.screws, *sc.rods, *sc.crosslinks]
     try:
-        labels = read_volume(_find(case_dir, "labels"))
+        found = sorted(p for p in case_dir.glob("labels.*") if not p.name.endswith(".json"))
+        if not found:
+            raise FileNotFoundError(f"no labels image in {case_dir}")
+        labels = read_volume(found[0])
         wall = fluoro.posterior_wall_points(labels, level)
     except Exception as exc:  # the wall term is optional for the views
         log.warning("no posterior-wall points for %s (%s); views without the wall term", level, exc)

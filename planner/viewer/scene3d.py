@@ -244,10 +244,12 @@ class PlanViewer:
     # ------------------------------------------------------------------ building
     @property
     def level(self) -> LevelData:
+        """The selected level."""
         return self.plan.levels[self.level_index]
 
     @property
     def candidate(self) -> Candidate | None:
+        """The selected candidate (None when the level has no feasible candidate)."""
         cs = self.level.candidates
         return cs[self.candidate_index] if cs else None
 
@@ -473,6 +475,7 @@ class PlanViewer:
         return self.visible[group]
 
     def toggle_help(self) -> None:
+        """Show or hide the key bindings in the text panel."""
         self._help_visible = not self._help_visible
         self._update_selection()
         self._render()
@@ -671,6 +674,7 @@ class PlanViewer:
 
     @property
     def slice_kind(self) -> str:
+        """The slice kind the slice panel shows (one of :data:`SLICE_KINDS`)."""
         return SLICE_KINDS[self._slice_kind]
 
     def next_slice(self, step: int = 1) -> str:
@@ -801,6 +805,7 @@ class PlanViewer:
         self.plotter.show(title=f"planner view - {self.title}")
 
     def close(self) -> None:
+        """Release the plotter and its render window."""
         self.plotter.close()
 
     def __enter__(self) -> PlanViewer:

@@ -457,13 +457,20 @@ def render_slice(view: SliceView, *, scale: int = 2, scale_bar_mm: float | None 
             cm = np.ma.masked_where(~np.repeat((np.abs(cd) <= IN_PLANE_MM)[:, None], 2, axis=1), ccr)
             ax.plot(cm[:, 0], cm[:, 1], color=CURVED_RGB, lw=max(1.5, scale * 1.3))
         ms = 4.0 * scale
-        for pt, marker, col in ((ov.entry, "^", (1, 1, 1)), (ov.cannula_tip, "s", NEEDLE_RGB), (ov.target, "o", (0.2, 1.0, 0.4))):
-            if pt is None:
+        marks = []
+        for pt, marker, col in ((ov.target, "o", (0.2, 1.0, 0.4)), (ov.cannula_tip, "s", NEEDLE_RGB), (ov.entry, "^", (1, 1, 1))):
+            if pt is not None:
+                cr_pt, dd = pl.pixel_of_lps(np.asarray(pt, float))
+                marks.append((abs(float(dd[0])), float(cr_pt[0, 0]), float(cr_pt[0, 1]), marker, col))
+        drawn: list[tuple[float, float]] = []
+        for _, c, r, marker, col in sorted(marks, key=lambda m: m[0]):
+            # a point projected onto one already marked (e.g. the skin entry seen down the
+            # needle) is not drawn: the mark nearest to the plane stands for both
+            if any(np.hypot(c - c0, r - r0) < 2.5 for c0, r0 in drawn):
                 continue
-            cr_pt, _ = pl.pixel_of_lps(np.asarray(pt, float))
-            c, r = float(cr_pt[0, 0]), float(cr_pt[0, 1])
             if -0.5 <= c <= W - 0.5 and -0.5 <= r <= H - 0.5:
                 ax.plot([c], [r], marker=marker, ms=ms, mfc="none", mec=col, mew=max(1.0, scale * 0.7))
+                drawn.append((c, r))
     # orientation letters
     lab = pl.edge_labels()
     pad = 0.02
