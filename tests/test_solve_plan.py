@@ -222,3 +222,27 @@ def test_cli_plan_and_no_safe_route_exit(case_dir, tmp_path):
     q = json.loads((tmp_path / "q" / "plan.json").read_text())
     assert q["summary"]["levels_without_safe_route"] == ["L4"]
     assert main(["plan", "-i", str(case_dir), "-o", str(tmp_path / "r"), "--levels", "C2"]) == 3
+
+
+def test_fluoro_visibility_enters_the_score(scene, plan_result):
+    """With a visibility weight, the best candidates get a C-arm view search: their score
+    grows by weight x visibility of the best view, and the plan still validates."""
+    from planner.solve.plan import plan
+    from planner.solve.schema import validate_plan
+
+    w = 0.2
+    vis_plan = plan(scene, ["L4"], SolverOptions().replace(weights={"visibility": w}))
+    validate_plan(vis_plan)
+    base = {c["id"]: c for lv in plan_result["levels"] if lv["level"] == "L4" for c in lv["candidates"]}
+    seen = [c for c in vis_plan["levels"][0]["candidates"] if c["metrics"]["fluoro_visibility"] is not None]
+    assert len(seen) >= 3
+    for c in seen:
+        v = c["metrics"]["fluoro_visibility"]
+        assert 0.0 <= v["visibility"] <= 1.0 and v["poses_searched"] >= 300
+        assert c["score_terms"]["visibility"] == v["visibility"]
+        if c["id"] in base:  # same candidate as in the plan without visibility
+            assert abs(c["score"] - (base[c["id"]]["score"] + w * v["visibility"])) <= 2e-4
+    ranks = [c["rank"] for c in vis_plan["levels"][0]["candidates"]]
+    assert ranks == sorted(ranks)
+    rec = vis_plan["levels"][0]["recommendation"]
+    assert rec["procedure"] == "kyphoplasty" and rec["side"] == "left"

@@ -135,6 +135,11 @@ class SolverOptions:
     needle_separation_mm : float
         Multi-level plans: least distance between two needle axes, beyond both radii
         (2 mm [U]).
+    visibility_top_n : int
+        With ``weights["visibility"] > 0``: how many of each level's best candidates (plus
+        the recommended ones) get a C-arm view search (:func:`planner.fluoro.views.
+        visibility_score`, about 0.4 s each) whose best view's visibility enters the score.
+        3 [U].
     coaxial_guide : str or None
         Coaxial technique: a thinner guide needle (an instrument name, e.g. ``"needle_13g"``)
         is placed first along the planned axis to the cannula tip, and the working cannula
@@ -185,6 +190,7 @@ class SolverOptions:
     procedure: str = "auto"
     skin_entry_separation_mm: float = 20.0
     needle_separation_mm: float = 2.0
+    visibility_top_n: int = 3
     coaxial_guide: str | None = None
     bone_tamp_lengths_mm: tuple[float, ...] = (10.0, 15.0, 20.0)
     max_candidates: int = 2_000_000

@@ -772,6 +772,12 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
     t0 = time.perf_counter()
     t_common = scene.prepare_fields(list(levels), opt)
     out_levels = [plan_level(scene, lv, opt) for lv in levels]
+    if opt.weights["visibility"] > 0:
+        t_vis = time.perf_counter()
+        for lv in out_levels:
+            _fill_visibility(scene, lv, opt)
+        for lv in out_levels:
+            lv["run"]["visibility_s"] = round(time.perf_counter() - t_vis, 3)
     _resolve_conflicts(out_levels, opt)
     return {
         "schema": "planner.plan",
@@ -789,6 +795,53 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
         },
         "run": {"total_s": round(time.perf_counter() - t0, 3), "common_fields_s": round(t_common, 3), "levels": {lv["level"]: lv.pop("run") for lv in out_levels}},
     }
+
+
+def _fill_visibility(scene: Scene, lv: dict[str, Any], opt: SolverOptions) -> None:
+    """Fluoroscopic visibility of a level's best candidates (:mod:`planner.fluoro`), into
+    their score; the ranking and the recommendation are redone with it.
+
+    Each of the ``opt.visibility_top_n`` best candidates and the recommended ones gets a
+    C-arm view search (hardware overlap on the needle path, its tip and the posterior body
+    wall over 425 poses); ``metrics.fluoro_visibility`` records the best view, the score term
+    ``visibility`` is ``1 - overlap`` of it.  A curved-needle-only candidate is seen as its
+    cannula plus the chosen arc.
+    """
+    from planner.fluoro.views import Trajectory, plan_views, posterior_wall_points
+
+    cands = lv["candidates"]
+    if not cands:
+        return
+    level = lv["level"]
+    pick = {c["id"] for c in cands[: max(int(opt.visibility_top_n), 0)]} | set(lv["recommendation"]["candidates"])
+    hardware = list(scene.screws) + list(scene.rods) + list(scene.crosslinks)
+    wall = posterior_wall_points(scene.labels, level)
+    w = opt.weights["visibility"]
+    for c in cands:
+        if c["id"] not in pick:
+            continue
+        curved_only = c["verdict"]["instruments"] == ["vertebroplasty_curved"] and c.get("curved")
+        if curved_only:
+            traj = Trajectory(np.asarray(c["skin_entry_lps_mm"], float), np.asarray(c["cannula_tip_lps_mm"], float),
+                              curve_lps=np.asarray(c["curved"]["path_lps_mm"], float), name=c["id"])
+        else:
+            traj = Trajectory(np.asarray(c["skin_entry_lps_mm"], float), np.asarray(c["target_lps_mm"], float), name=c["id"])
+        vp = plan_views(traj, hardware, wall)
+        best = vp.best
+        vis = float(vp.visibility)
+        c["metrics"]["fluoro_visibility"] = {
+            "visibility": round(vis, 4),
+            "best_view": {"lao_deg": round(float(best["lao"]), 1), "cran_deg": round(float(best["cran"]), 1),
+                          "overlap_path": round(float(best["path"]), 4), "overlap_tip": round(float(best["tip"]), 4),
+                          "overlap_wall": round(float(best["wall"]), 4)},
+            "poses_searched": vp.n_poses,
+        }
+        c["score_terms"]["visibility"] = round(vis, 4)
+        c["score"] = round(float(c["score"] + w * vis), 4)
+    cands.sort(key=lambda e: (-e["score"], e["id"]))
+    for k, e in enumerate(cands):
+        e["rank"] = k + 1
+    lv["recommendation"] = recommend(scene.level(level), cands, lv["routes"], opt)
 
 
 def _axis_distance(a0, a1, b0, b1) -> float:
