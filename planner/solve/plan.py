@@ -88,7 +88,7 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
             d = np.full(n, np.inf)
             d[rows] = md.segment_signed_clearance(p0[rows], p1[rows], max_distance=EXACT_CULL_MM + 5.0)
             update(cls, d, names[k])
-    d, nm = solid_clearances(scene.solids, p0, p1)
+    d, nm = solid_clearances(scene, p0, p1)
     cur, names = out["hardware"]
     better = d < cur
     out["hardware"] = (np.where(better, d, cur), [nm[i] if better[i] else names[i] for i in range(n)])
@@ -284,9 +284,9 @@ def _packed_solids(solids) -> tuple:
     return kind, sa, sb, rad, poly, start, count, bmin, bmax
 
 
-def solid_clearances(solids, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Exact axis clearance (mm) of segments ``p0``-``p1`` (n, 3) to the nearest implant
-    solid, with that solid's name (``+inf`` and "" when there are no solids).
+    solid of the scene, with that solid's name (``+inf`` and "" when there are no solids).
 
     Tubes (rods, cross-links) are closed-form unions of capsules.  A flat-capped cylinder
     (screw shank, tulip) is evaluated exactly (golden-section search of its convex signed
@@ -299,19 +299,14 @@ def solid_clearances(solids, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray
     p0 = np.ascontiguousarray(np.atleast_2d(np.asarray(p0, float)))
     p1 = np.ascontiguousarray(np.atleast_2d(np.asarray(p1, float)))
     n = len(p0)
+    solids = scene.solids
     if not n or not len(solids):
         return np.full(n, np.inf), [""] * n
-    key = id(solids)
-    packed = _PACKED.get(key)
-    if packed is None or packed[0] is not solids:
-        packed = (solids, _packed_solids(solids))
-        _PACKED[key] = packed
-    d, who = kernels.segment_solids_distance(p0, p1, *packed[1], 1e-4)
-    names = [solids[k].name if k >= 0 else "" for k in who]
-    return d, names
-
-
-_PACKED: dict[int, tuple] = {}
+    packed = scene.__dict__.get("_packed_solids")
+    if packed is None:
+        packed = scene._packed_solids = _packed_solids(solids)
+    d, who = kernels.segment_solids_distance(p0, p1, *packed, 1e-4)
+    return d, [solids[k].name if k >= 0 else "" for k in who]
 
 
 #: Bend directions tried for the curved needle around the cannula axis, and arc lengths.
@@ -362,7 +357,7 @@ def curved_arcs(scene: Scene, geo: LevelGeometry, fields: LevelFields, tips: np.
     body = fields.local.sample(fields.body, P.reshape(-1, 3)).reshape(n, B, n_pts)
     chord = Lmax / (n_pts - 1)
     sagitta = chord**2 / (8.0 * R)
-    d_hw, hw_names = solid_clearances(scene.solids, P[:, :, :-1].reshape(-1, 3), P[:, :, 1:].reshape(-1, 3))
+    d_hw, hw_names = solid_clearances(scene, P[:, :, :-1].reshape(-1, 3), P[:, :, 1:].reshape(-1, 3))
     d_hw = (d_hw - sagitta).reshape(n, B, n_pts - 1)
     need_hw = float(curved.radius_mm) + opt.margins["hardware"]
     # an arc of length L is safe when every point and chord up to L is
@@ -514,7 +509,7 @@ def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: Le
     ex = exact_clearances(scene, level, np.concatenate([ct, sub.target]), np.concatenate([sub.skin_entry, ct]))
     outer = {c: (v[0][:n], v[1][:n]) for c, v in ex.items()}
     inner = {c: (v[0][n:], v[1][n:]) for c, v in ex.items()}
-    tamp_d, tamp_names = solid_clearances(scene.solids, sub.target, ct)
+    tamp_d, tamp_names = solid_clearances(scene, sub.target, ct)
     arcs = curved_arcs(scene, geo, fields, ct, -sub.direction, side, ins["vertebroplasty_curved"], opt)
     return [_candidate(scene, level, geo, fields, sub, j, side, route, outer, inner, (tamp_d[j], tamp_names[j]), arcs[j], ins, opt) for j in range(n)]
 
@@ -773,10 +768,9 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
     t_common = scene.prepare_fields(list(levels), opt)
     out_levels = [plan_level(scene, lv, opt) for lv in levels]
     if opt.weights["visibility"] > 0:
-        t_vis = time.perf_counter()
         for lv in out_levels:
+            t_vis = time.perf_counter()
             _fill_visibility(scene, lv, opt)
-        for lv in out_levels:
             lv["run"]["visibility_s"] = round(time.perf_counter() - t_vis, 3)
     _resolve_conflicts(out_levels, opt)
     return {

@@ -711,7 +711,7 @@ class Scene:
         ID = np.ascontiguousarray(common["ID"][csl])
         skin = np.ascontiguousarray(common["skin"][csl])
         present = dict(common["present"])
-        timings: dict[str, float] = {"common_s": 0.0}
+        timings: dict[str, float] = {}
         t = time.perf_counter()
         arr = lab.array[sl]
         other = [int(i) for i in np.unique(arr) if i and int(i) in LABEL_NAMES and structure_class(LABEL_NAMES[int(i)], level) == "other_bone"]
