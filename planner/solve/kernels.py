@@ -13,8 +13,12 @@ times per structure.  These kernels do the same work in one compiled pass per qu
   cylinders (golden-section search of the convex signed distance along the segment,
   after a capsule lower bound) and to tubes (closed-form capsules).
 
-Every formula is the one of the numpy reference (``tests/test_solve_kernels.py`` checks
-agreement to 1e-9 mm).  Compilation is cached on disk (``cache=True``); the first call of
+* :func:`trace_candidates`: the stage-1 sphere traces of
+  :func:`planner.solve.search.evaluate` (body exit, skin, obstacle field on the cannula
+  part and the channel), one ray per iteration of a parallel loop.
+
+Every formula is the one of the numpy reference (``tests/test_solve_exact.py`` and
+``tests/test_solve_trace.py`` check agreement).  Compilation is cached on disk (``cache=True``); the first call of
 a fresh install compiles for a few seconds.  Lengths are mm, points LPS.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _GOLD = (math.sqrt(5.0) - 1.0) / 2.0
 TOUCH_MM = 1e-9
@@ -312,40 +316,135 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     return out, who
 
 
+@njit(cache=True, inline="always")
+def _tri1(arr, M, o, x, y, z):
+    """Trilinear value of ``arr`` at one LPS point (the formula of :func:`trilinear`)."""
+    ni, nj, nk = arr.shape
+    qi = x * M[0, 0] + y * M[1, 0] + z * M[2, 0] + o[0]
+    qj = x * M[0, 1] + y * M[1, 1] + z * M[2, 1] + o[1]
+    qk = x * M[0, 2] + y * M[1, 2] + z * M[2, 2] + o[2]
+    qi = min(max(qi, 0.0), ni - 1.0)
+    qj = min(max(qj, 0.0), nj - 1.0)
+    qk = min(max(qk, 0.0), nk - 1.0)
+    i0 = min(int(qi), ni - 2)
+    j0 = min(int(qj), nj - 2)
+    k0 = min(int(qk), nk - 2)
+    fx = np.float32(qi - i0)
+    fy = np.float32(qj - j0)
+    fz = np.float32(qk - k0)
+    c000 = arr[i0, j0, k0]
+    c001 = arr[i0, j0, k0 + 1]
+    c010 = arr[i0, j0 + 1, k0]
+    c011 = arr[i0, j0 + 1, k0 + 1]
+    c100 = arr[i0 + 1, j0, k0]
+    c101 = arr[i0 + 1, j0, k0 + 1]
+    c110 = arr[i0 + 1, j0 + 1, k0]
+    c111 = arr[i0 + 1, j0 + 1, k0 + 1]
+    c00 = c000 + (c001 - c000) * fz
+    c01 = c010 + (c011 - c010) * fz
+    c10 = c100 + (c101 - c100) * fz
+    c11 = c110 + (c111 - c110) * fz
+    c0 = c00 + (c01 - c00) * fy
+    c1 = c10 + (c11 - c10) * fy
+    return c0 + (c1 - c0) * fx
+
+
 @njit(cache=True)
 def trilinear(arr, M, o, P):
     """Trilinear values of ``arr`` (i, j, k) at LPS points ``P`` (n, 3), as
     :meth:`planner.solve.scene.Grid.sample`: index ``q = P @ M + o`` clamped to the grid."""
     n = P.shape[0]
-    ni, nj, nk = arr.shape
     out = np.empty(n, arr.dtype)
     for s in range(n):
-        x, y, z = P[s, 0], P[s, 1], P[s, 2]
-        qi = x * M[0, 0] + y * M[1, 0] + z * M[2, 0] + o[0]
-        qj = x * M[0, 1] + y * M[1, 1] + z * M[2, 1] + o[1]
-        qk = x * M[0, 2] + y * M[1, 2] + z * M[2, 2] + o[2]
-        qi = min(max(qi, 0.0), ni - 1.0)
-        qj = min(max(qj, 0.0), nj - 1.0)
-        qk = min(max(qk, 0.0), nk - 1.0)
-        i0 = min(int(qi), ni - 2)
-        j0 = min(int(qj), nj - 2)
-        k0 = min(int(qk), nk - 2)
-        fx = np.float32(qi - i0)
-        fy = np.float32(qj - j0)
-        fz = np.float32(qk - k0)
-        c000 = arr[i0, j0, k0]
-        c001 = arr[i0, j0, k0 + 1]
-        c010 = arr[i0, j0 + 1, k0]
-        c011 = arr[i0, j0 + 1, k0 + 1]
-        c100 = arr[i0 + 1, j0, k0]
-        c101 = arr[i0 + 1, j0, k0 + 1]
-        c110 = arr[i0 + 1, j0 + 1, k0]
-        c111 = arr[i0 + 1, j0 + 1, k0 + 1]
-        c00 = c000 + (c001 - c000) * fz
-        c01 = c010 + (c011 - c010) * fz
-        c10 = c100 + (c101 - c100) * fz
-        c11 = c110 + (c111 - c110) * fz
-        c0 = c00 + (c01 - c00) * fy
-        c1 = c10 + (c11 - c10) * fy
-        out[s] = c0 + (c1 - c0) * fx
+        out[s] = _tri1(arr, M, o, P[s, 0], P[s, 1], P[s, 2])
     return out
+
+
+@njit(cache=True, inline="always")
+def _trace_min1(F, M, o, T, D, s, t, t_end, radius, smin, stop_below, max_steps):
+    """Sphere trace of one ray ``T[s] + t D[s]`` over [t, t_end]: (smallest F, its t)."""
+    f_min = np.float32(np.inf)
+    f_t = t
+    if t > t_end:
+        return f_min, f_t
+    for _ in range(max_steps):
+        f = _tri1(F, M, o, T[s, 0] + t * D[s, 0], T[s, 1] + t * D[s, 1], T[s, 2] + t * D[s, 2])
+        if f < f_min:
+            f_min = f
+            f_t = t
+        t += max(f - radius, smin)
+        if t > t_end or f < stop_below:
+            break
+    return f_min, f_t
+
+
+@njit(cache=True, parallel=True)
+def trace_candidates(T, D, body, ML, oL, skin, F, MG, oG, hiG, smin, reach, radius, stop_below, cannula_in_body):
+    """Stage-1 traces of :func:`planner.solve.search.evaluate`, one compiled pass per ray.
+
+    For every ray ``T + t D`` (target ``T``, unit direction ``D`` toward the skin):
+
+    1. ``t_body``: where the ray leaves the target body (steps ``max(-sdf, 0.25)`` on the
+       local body SDF ``body``, grid ``ML, oL``; at most 200 steps);
+    2. ``t_skin``: sphere trace of the outline's signed distance ``skin`` (field grid
+       ``MG, oG``, index upper bounds ``hiG``) from ``t_body``, steps ``max(-g, smin)``,
+       ending when ``g >= 0`` (NaN when the ray reaches ``reach`` or leaves the grid by
+       more than one node first; at most 500 steps);
+    3. the smallest obstacle field ``F`` (and its ``t``) on the cannula part
+       [``t_body - cannula_in_body`` (>= 0), ``t_skin``] and, unless that part already
+       collides (``f < stop_below``), on the channel [0, that start]; sphere steps
+       ``max(f - radius, smin)`` (at most 4000 each).  The channel of a colliding ray is
+       ``+inf``.
+
+    Float32 field values and float64 positions, as the numpy reference (the formula of
+    :func:`trilinear`).  Returns ``t_body, t_skin, t_cannula, f_out, t_out, f_in, t_in``.
+    """
+    n = T.shape[0]
+    t_body = np.empty(n)
+    t_skin = np.empty(n)
+    t_can = np.empty(n)
+    f_out = np.empty(n, np.float32)
+    t_out = np.empty(n)
+    f_in = np.empty(n, np.float32)
+    t_in = np.zeros(n)
+    r32 = np.float32(radius)
+    s32 = np.float32(smin)
+    for s in prange(n):
+        tb = 0.0
+        for _ in range(200):
+            v = _tri1(body, ML, oL, T[s, 0] + tb * D[s, 0], T[s, 1] + tb * D[s, 1], T[s, 2] + tb * D[s, 2])
+            if v >= 0.0:
+                break
+            tb += max(-v, np.float32(0.25))
+        t_body[s] = tb
+        t = tb
+        tsk = np.nan
+        for _ in range(500):
+            x = T[s, 0] + t * D[s, 0]
+            y = T[s, 1] + t * D[s, 1]
+            z = T[s, 2] + t * D[s, 2]
+            g = _tri1(skin, MG, oG, x, y, z)
+            if g >= 0.0:
+                tsk = t
+                break
+            t += max(-g, s32)
+            qi = x * MG[0, 0] + y * MG[1, 0] + z * MG[2, 0] + oG[0]
+            qj = x * MG[0, 1] + y * MG[1, 1] + z * MG[2, 1] + oG[1]
+            qk = x * MG[0, 2] + y * MG[1, 2] + z * MG[2, 2] + oG[2]
+            ins = qi >= 1.0 and qj >= 1.0 and qk >= 1.0 and qi <= hiG[0] - 1.0 and qj <= hiG[1] - 1.0 and qk <= hiG[2] - 1.0
+            if t > reach or not ins:
+                break
+        t_skin[s] = tsk
+        ts = reach if math.isnan(tsk) else tsk
+        tc = max(tb - cannula_in_body, 0.0)
+        t_can[s] = tc
+        fo, to = _trace_min1(F, MG, oG, T, D, s, tc, ts, r32, s32, stop_below, 4000)
+        f_out[s] = fo
+        t_out[s] = to
+        if fo >= stop_below:
+            fi, ti = _trace_min1(F, MG, oG, T, D, s, 0.0, tc, r32, s32, stop_below, 4000)
+            f_in[s] = fi
+            t_in[s] = ti
+        else:
+            f_in[s] = np.float32(np.inf)
+    return t_body, t_skin, t_can, f_out, t_out, f_in, t_in

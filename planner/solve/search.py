@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.solve import kernels
 from planner.solve.config import SolverOptions
 from planner.solve.scene import LevelFields, LevelGeometry
 
@@ -83,31 +84,6 @@ class Candidates:
     @property
     def body_entry(self) -> np.ndarray:
         return self.target + self.t_body[:, None] * self.direction
-
-
-def _trace_min(grid, F, T, D, t, t_end, active, radius, smin, stop_below):
-    """Smallest sampled ``F`` along ``T + t D`` for t in [t0, t_end] (sphere tracing).
-
-    Returns ``(f_min (n,) float32, t_at_min (n,))``; a ray stops early once ``F`` drops
-    below ``stop_below`` (clearly colliding).  Empty intervals give ``+inf``.
-    """
-    n = len(T)
-    f_min = np.full(n, np.inf, np.float32)
-    f_t = t.copy()
-    active = active[t[active] <= t_end[active]]
-    for _ in range(4000):
-        if not len(active):
-            break
-        p = T[active] + t[active, None] * D[active]
-        f = grid.sample(F, p)
-        cur = f_min[active]
-        lower = f < cur
-        f_min[active] = np.where(lower, f, cur)
-        f_t[active] = np.where(lower, t[active], f_t[active])
-        t[active] += np.maximum(f - radius, smin)
-        gone = (t[active] > t_end[active]) | (f < stop_below)
-        active = active[~gone]
-    return f_min, f_t
 
 
 def field_tolerance(opt: SolverOptions, fields: LevelFields) -> float:
@@ -181,49 +157,22 @@ def evaluate(
         zi = np.zeros(0, np.int32)
         return Candidates(T, D, np.zeros(0, np.int8), z, z, z, zi, z, z, z, zi, np.zeros(0, np.int8), z, z, z, np.zeros(0, np.int16))
     smin = float(opt.step_min_mm)
-    # 1. leave the target body
-    t_body = np.zeros(n)
-    active = np.arange(n)
-    for _ in range(200):
-        if not len(active):
-            break
-        p = T[active] + t_body[active, None] * D[active]
-        s = fields.local.sample(fields.body, p)
-        done = s >= 0.0
-        t_body[active] += np.where(done, 0.0, np.maximum(-s, 0.25))
-        active = active[~done]
-    # 2. the skin: sphere trace of the outline's signed distance from the body entry
     grid = fields.grid
     reach = float(max_length) + 10.0
-    t_skin = np.full(n, np.nan)
-    t = t_body.copy()
-    active = np.arange(n)
-    for _ in range(500):
-        if not len(active):
-            break
-        p = T[active] + t[active, None] * D[active]
-        g = grid.sample(fields.skin, p)
-        out = g >= 0.0
-        t_skin[active[out]] = t[active[out]]
-        t[active] += np.maximum(-g, smin)
-        gone = out | (t[active] > reach) | ~grid.inside(p, pad=-1.0)
-        active = active[~gone]
-    ts = np.nan_to_num(t_skin, nan=reach)
-    # 3. obstacles, in two parts: the cannula part [t_cannula, t_skin] (every instrument
-    #    passes it) first, then the channel [0, t_cannula] inside the body (only the straight
-    #    needle and the kyphoplasty channel / bone tamp use it; a curved needle leaves the
-    #    cannula tip on an arc instead).  A candidate that clearly collides on the cannula
-    #    part is decided there; its binding structure is the first it hits going out.
+    # 1. leave the target body; 2. the skin: sphere trace of the outline's signed distance
+    # from the body entry; 3. obstacles, in two parts: the cannula part [t_cannula, t_skin]
+    # (every instrument passes it) first, then the channel [0, t_cannula] inside the body
+    # (only the straight needle and the kyphoplasty channel / bone tamp use it; a curved
+    # needle leaves the cannula tip on an arc instead).  A candidate that clearly collides
+    # on the cannula part is decided there; its binding structure is the first it hits
+    # going out.  One compiled pass per ray (:func:`planner.solve.kernels.trace_candidates`).
     stop_below = radius - float(tol) - 1.0
-    t_cannula = np.maximum(t_body - CANNULA_IN_BODY_MM, 0.0)
-    f_out, t_out = _trace_min(grid, fields.F, T, D, t_cannula.copy(), ts, np.arange(n), radius, smin, stop_below)
-    live = np.flatnonzero(f_out >= stop_below)
-    f_in = np.full(n, np.inf, np.float32)
-    t_in = np.zeros(n)
-    if len(live):
-        fi, ti = _trace_min(grid, fields.F, T[live], D[live], np.zeros(len(live)), t_cannula[live], np.arange(len(live)), radius, smin, stop_below)
-        f_in[live] = fi
-        t_in[live] = ti
+    f32 = np.float32
+    t_body, t_skin, t_cannula, f_out, t_out, f_in, t_in = kernels.trace_candidates(
+        np.ascontiguousarray(T), np.ascontiguousarray(D),
+        np.ascontiguousarray(fields.body, dtype=f32), fields.local._M, fields.local._o,
+        np.ascontiguousarray(fields.skin, dtype=f32), np.ascontiguousarray(fields.F, dtype=f32),
+        grid._M, grid._o, grid._hi, smin, reach, float(radius), float(stop_below), float(CANNULA_IN_BODY_MM))
     inner_lower = f_in < f_out
     f_min = np.where(inner_lower, f_in, f_out)
     f_t = np.where(inner_lower, t_in, t_out)
