@@ -18,7 +18,7 @@ times per structure.  These kernels do the same work in one compiled pass per qu
   part and the channel), one ray per iteration of a parallel loop.
 
 Every formula is the one of the numpy reference (``tests/test_solve_exact.py`` and
-``tests/test_solve_trace.py`` check agreement).  Compilation is cached on disk (``cache=True``); the first call of
+``tests/test_solve_kernels.py`` check agreement).  Compilation is cached on disk (``cache=True``); the first call of
 a fresh install compiles for a few seconds.  Lengths are mm, points LPS.
 """
 
@@ -139,7 +139,7 @@ def _segment_triangle(p0, p1, a, b, c):
     return d, d <= TOUCH_MM
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink=1.0):
     """Exact distance of segments ``P0``-``P1`` (n, 3) to a mesh, and whether they touch it.
 
@@ -150,13 +150,14 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
     back as ``bound``.  ``shrink < 1`` prunes a node whose lower bound exceeds ``shrink``
     times the best distance so far (the relative-tolerance query of
     :meth:`planner.solve.exact.MeshDistance.approx_point_distance`); 1 is exact.
+    Segments run in parallel.
     """
     n = P0.shape[0]
     dist = np.full(n, bound)
     hit = np.zeros(n, np.bool_)
-    stack = np.empty(64 + 2 * (depth + 1), np.int64)
     first_leaf = (1 << depth) - 1
-    for s in range(n):
+    for s in prange(n):  # segments are independent
+        stack = np.empty(64 + 2 * (depth + 1), np.int64)
         p0 = P0[s]
         p1 = P1[s]
         lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
@@ -254,7 +255,7 @@ def _segment_cylinder(p0, p1, a, b, radius, tol_mm):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm):
     """Clearance of each segment to its nearest solid, and that solid's index.
 
@@ -262,55 +263,74 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     ``poly[poly_start[k]:poly_start[k] + poly_count[k]]``; radius ``srad[k]``; ``sbmin``,
     ``sbmax`` (m, 3) its bounding box.  A solid is skipped when the gap between its box
     and the segment's is not below the best so far; a tube piece when its midpoint's
-    distance less half its length is not; a cylinder is evaluated exactly only when its
-    capsule lower bound beats the best.
+    distance less half its length is not.  Tubes (closed form) go first, then the
+    cylinders in the order of their capsule lower bounds, each evaluated exactly only when
+    that bound beats the best.  Among solids at exactly the same distance the lowest index
+    is reported, whatever the visiting order.  Segments run in parallel (independent).
     """
     n = P0.shape[0]
     m = kind.shape[0]
     out = np.full(n, np.inf)
     who = np.full(n, -1, np.int64)
-    for s in range(n):
+    for s in prange(n):
         p0 = P0[s]
         p1 = P1[s]
         best = np.inf
         arg = -1
         lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
         hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+        gaps = np.empty(m)
         for k in range(m):
             gx = max(max(sbmin[k, 0] - hi0, lo0 - sbmax[k, 0]), 0.0)
             gy = max(max(sbmin[k, 1] - hi1, lo1 - sbmax[k, 1]), 0.0)
             gz = max(max(sbmin[k, 2] - hi2, lo2 - sbmax[k, 2]), 0.0)
-            gap = math.sqrt(gx * gx + gy * gy + gz * gz)
-            if gap > 0.0 and gap >= best:  # outside the box: at least the gap away
+            gaps[k] = math.sqrt(gx * gx + gy * gy + gz * gz)
+        for k in range(m):
+            if kind[k] != 1:
                 continue
-            if kind[k] == 1:
-                j0 = poly_start[k]
-                cnt = poly_count[k]
-                if cnt == 1:
-                    d = _point_segment(poly[j0, 0], poly[j0, 1], poly[j0, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - srad[k]
-                else:
-                    d = np.inf
-                    for j in range(j0, j0 + cnt - 1):
-                        q0 = poly[j]
-                        q1 = poly[j + 1]
-                        mx, my, mz = 0.5 * (q0[0] + q1[0]), 0.5 * (q0[1] + q1[1]), 0.5 * (q0[2] + q1[2])
-                        hx, hy, hz = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
-                        half = 0.5 * math.sqrt(hx * hx + hy * hy + hz * hz)
-                        if _point_segment(mx, my, mz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - half >= min(d, best + srad[k]):
-                            continue
-                        d = min(d, _segment_segment(p0, p1, q0, q1))
-                    d -= srad[k]
-                if d < best:
-                    best = d
-                    arg = k
+            gap = gaps[k]
+            if gap > 0.0 and (gap > best or (gap == best and k > arg)):  # at least the gap away
+                continue
+            j0 = poly_start[k]
+            cnt = poly_count[k]
+            if cnt == 1:
+                d = _point_segment(poly[j0, 0], poly[j0, 1], poly[j0, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - srad[k]
             else:
-                axis = _segment_segment(p0, p1, sa[k], sb[k])
-                if axis - srad[k] >= best:
-                    continue
-                d = _segment_cylinder(p0, p1, sa[k], sb[k], srad[k], tol_mm)
-                if d < best:
-                    best = d
-                    arg = k
+                d = np.inf
+                for j in range(j0, j0 + cnt - 1):
+                    q0 = poly[j]
+                    q1 = poly[j + 1]
+                    mx, my, mz = 0.5 * (q0[0] + q1[0]), 0.5 * (q0[1] + q1[1]), 0.5 * (q0[2] + q1[2])
+                    hx, hy, hz = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
+                    half = 0.5 * math.sqrt(hx * hx + hy * hy + hz * hz)
+                    if _point_segment(mx, my, mz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - half >= min(d, best + srad[k]):
+                        continue
+                    d = min(d, _segment_segment(p0, p1, q0, q1))
+                d -= srad[k]
+            if d < best or (d == best and k < arg):
+                best = d
+                arg = k
+        # cylinders: capsule lower bounds first (cheap), then exact ones nearest first
+        lbs = np.full(m, np.inf)
+        for k in range(m):
+            if kind[k] == 1:
+                continue
+            gap = gaps[k]
+            if gap > 0.0 and (gap > best or (gap == best and k > arg)):
+                continue
+            lbs[k] = _segment_segment(p0, p1, sa[k], sb[k]) - srad[k]
+        order = np.argsort(lbs, kind="mergesort")
+        for q in range(m):
+            k = order[q]
+            lb = lbs[k]
+            if lb == np.inf:
+                break
+            if lb > best or (lb == best and k > arg):
+                continue
+            d = _segment_cylinder(p0, p1, sa[k], sb[k], srad[k], tol_mm)
+            if d < best or (d == best and k < arg):
+                best = d
+                arg = k
         out[s] = best
         who[s] = arg
     return out, who

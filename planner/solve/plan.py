@@ -495,6 +495,14 @@ def _keep_per_instrument(feas: list[dict[str, Any]], k: int) -> list[dict[str, A
     return keep
 
 
+#: The arc summary of a candidate whose cannula part is blocked (no arc tried).
+_NO_ARC: dict[str, Any] = {
+    "curved_zones": [], "curved_reaches_midline": False, "curved_reaches_far_side": False,
+    "curved_safe_arcs": 0, "curved_arcs_tried": 0, "arc": None, "curved_far_reach_mm": None,
+    "arc_fails": "cannula_blocked",
+}
+
+
 def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: LevelFields, sub: Candidates, side: str, route: str, ins: dict[str, Any], opt: SolverOptions) -> list[dict[str, Any]]:
     """Exact check, metrics, verdicts and scores of stage-1 candidates of one side and route.
 
@@ -502,7 +510,7 @@ def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: Le
     ``CANNULA_IN_BODY_MM`` past the body entry), which every instrument passes, and the
     **channel** (cannula tip to the target), which the straight needle and the kyphoplasty
     drill / bone tamp follow; the curved needle leaves the cannula tip on an arc instead
-    (:func:`curved_arcs`).
+    (:func:`curved_arcs`), tried only where its cannula clears every margin.
     """
     n = len(sub)
     ct = sub.cannula_tip
@@ -510,7 +518,17 @@ def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: Le
     outer = {c: (v[0][:n], v[1][:n]) for c, v in ex.items()}
     inner = {c: (v[0][n:], v[1][n:]) for c, v in ex.items()}
     tamp_d, tamp_names = solid_clearances(scene, sub.target, ct)
-    arcs = curved_arcs(scene, geo, fields, ct, -sub.direction, side, ins["vertebroplasty_curved"], opt)
+    # the curved needle's arcs start at the cannula tip: tried only where its cannula gets
+    # there (a blocked cannula part already makes the curved needle infeasible)
+    r_cv = _radius("vertebroplasty_curved", ins)
+    reach = np.ones(n, bool)
+    for c in OBSTACLE_CLASSES:
+        reach &= outer[c][0] - r_cv - opt.margins[c] >= 0.0
+    arcs = [dict(_NO_ARC) for _ in range(n)]
+    live = np.flatnonzero(reach)
+    if len(live):
+        for j, a in zip(live, curved_arcs(scene, geo, fields, ct[live], -sub.direction[live], side, ins["vertebroplasty_curved"], opt)):
+            arcs[j] = a
     return [_candidate(scene, level, geo, fields, sub, j, side, route, outer, inner, (tamp_d[j], tamp_names[j]), arcs[j], ins, opt) for j in range(n)]
 
 
@@ -560,7 +578,7 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
             tamp_clear = float(tamp_hw[0]) - r_tamp
             if tamp_clear < opt.margins["hardware"]:
                 viol.append({"constraint": "bone_tamp_hardware", "part": "channel", "structure": tamp_hw[1], "structure_display": (display_name(tamp_hw[1]) if tamp_hw[1] else "hardware"), "clearance_mm": _r(tamp_clear), "required_mm": opt.margins["hardware"], "excess_mm": _r(tamp_clear - opt.margins["hardware"])})
-        if kind == "vertebroplasty_curved" and arcs["arc"] is None:
+        if kind == "vertebroplasty_curved" and arcs["arc"] is None and arcs.get("arc_fails") != "cannula_blocked":
             hw_fail = arcs.get("arc_fails") == "hardware"
             viol.append({"constraint": "curved_arc", "part": "arc", "structure": "" if hw_fail else f"{level}_body", "structure_display": ("no curve clears the hardware" if hw_fail else f"no curve stays inside the {level} body"), "clearance_mm": None, "required_mm": None, "excess_mm": -0.5})
         per_inst[kind] = {"feasible": not viol, "violations": viol, "needle_length_mm": (fits[0] if fits else None), "radius_mm": r, "insertion_mm": _r(need, 1)}
