@@ -18,7 +18,9 @@ or the folder ``planner segment`` writes), or from a phantom case folder (ground
 minimum, the distance to the skin, and the signed distances of the target body and its
 pedicles.  Fields are computed on a crop of the label grid (any orientation, anisotropic):
 distances by exact Euclidean distance transforms of the voxel masks (boundary placed half a
-voxel from the obstacle voxel centres), implants analytically at every grid node.
+voxel from the obstacle voxel centres; compiled kernels of :mod:`planner.solve.edt`, the
+same distances as ``scipy.ndimage.distance_transform_edt``), implants analytically at every
+grid node.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from scipy import ndimage
 from planner.errors import CodedWarning, SolverError
 from planner.implants import CrossLink, Rod, Screw
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, LEVELS, parse_label
-from planner.segment.fields import _sdf_array
+from planner.solve import edt
 from planner.solve.config import OBSTACLE_CLASSES, SolverOptions
 from planner.volume import Volume
 
@@ -279,27 +281,20 @@ class Grid:
         return tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
 
 
-def _edt_outside(mask: np.ndarray, spacing: np.ndarray, indices: bool = False):
-    """Distance (mm) from each voxel to the surface of ``mask`` (0 inside; half-voxel placed)."""
-    if not mask.any():
-        d = np.full(mask.shape, DISTANCE_CAP_MM, np.float32)
-        return (d, None) if indices else d
-    half = 0.5 * float(np.min(spacing))
-    if indices:
-        d, ind = ndimage.distance_transform_edt(~mask, sampling=spacing, return_indices=True)
-    else:
-        d, ind = ndimage.distance_transform_edt(~mask, sampling=spacing), None
-    d = np.maximum(d - half, 0.0)
-    d[mask] = -half
-    np.minimum(d, DISTANCE_CAP_MM, out=d)
-    d = d.astype(np.float32)
-    return (d, ind) if indices else d
-
-
 def _sdf(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Signed distance (mm, negative inside; :func:`planner.segment.fields._sdf_array`),
-    capped at +/- :data:`DISTANCE_CAP_MM` so an absent structure is far, not infinite."""
-    return np.clip(_sdf_array(mask, spacing), -DISTANCE_CAP_MM, DISTANCE_CAP_MM)
+    capped at +/- :data:`DISTANCE_CAP_MM` so an absent structure is far, not infinite
+    (compiled: :func:`planner.solve.edt.signed_distance`)."""
+    return edt.signed_distance(mask, spacing, DISTANCE_CAP_MM)
+
+
+def _group_table(groups: list[tuple[float, list[int]]]) -> np.ndarray:
+    """Lookup table registry id -> index of its group (-1: none), for :func:`edt.pool_groups`."""
+    top = max([max(LABEL_NAMES)] + [max(ids) for _, ids in groups if ids])
+    lut = np.full(int(top) + 1, -1, np.int32)
+    for g, (_, ids) in enumerate(groups):
+        lut[np.asarray(ids, np.intp)] = g
+    return lut
 
 
 @dataclass
@@ -610,33 +605,36 @@ class Scene:
         A[:3, :3] = A[:3, :3] * stride[None, :]
         return Grid(A, tuple(int((s_.stop - s_.start) // st) for s_, st in zip(sl, stride)))
 
-    def _class_fields(self, arr: np.ndarray, stride: np.ndarray, sp: np.ndarray, ids_by_margin: dict[float, list[int]]):
-        """``min_c (d_c - margin_c)`` (mm, float32) and the id of the structure attaining it,
-        over the groups ``margin -> registry ids``, for the full-resolution labels ``arr``
-        (a whole number of strides per axis) on its strided grid."""
-        cshape = tuple(int(n // st) for n, st in zip(arr.shape, stride))
-        pooled = bool(np.any(stride > 1))
-        F = np.full(cshape, DISTANCE_CAP_MM, np.float32)
-        ID = np.zeros(cshape, np.int32)
+    def _class_fields(self, arr: np.ndarray, stride: np.ndarray, sp: np.ndarray, groups: list[tuple[float, list[int]]],
+                      F: np.ndarray | None = None, ID: np.ndarray | None = None):
+        """``min_g (d_g - margin_g)`` (mm, float32) and the id of the structure attaining it,
+        over the groups ``(margin, registry ids)`` in their order (an exact tie keeps the
+        earlier group), for the full-resolution labels ``arr`` (a whole number of strides per
+        axis, any memory layout) on its strided grid.
 
-        def pool(x: np.ndarray, how: str) -> np.ndarray:
-            r = x.reshape(cshape[0], stride[0], cshape[1], stride[1], cshape[2], stride[2])
-            return r.any(axis=(1, 3, 5)) if how == "any" else r.max(axis=(1, 3, 5))
+        ``d_g`` is the distance to the group's voxels, max-pooled over each stride block
+        (a coarse voxel is an obstacle when any of its voxels is), from the coarse voxel
+        centres, less half the smallest coarse spacing (``-half`` inside), capped at
+        :data:`DISTANCE_CAP_MM`; the id of a pooled voxel is its largest member id.  One
+        pass over ``arr`` pools every group (:func:`planner.solve.edt.pool_groups`).
 
-        for m, members in sorted(ids_by_margin.items()):
-            for_members = np.isin(arr, members)
-            if not for_members.any():
-                continue
-            mask = pool(for_members, "any") if pooled else for_members
-            d, ind = _edt_outside(mask, sp, indices=True)
-            d = d - np.float32(m)
-            better = d < F
-            F[better] = d[better]
-            # the structure id of a pooled voxel: its largest member id
-            lab_c = pool(np.where(for_members, arr, 0), "max") if pooled else np.where(for_members, arr, 0)
-            near = lab_c[ind[0], ind[1], ind[2]]
-            ID[better] = near[better]
-        return F, ID
+        ``F`` and ``ID`` given (float32 / int32, the coarse shape, ``F <= cap``) are updated
+        in place, as the minimum with these groups (strictly smaller wins).
+
+        Returns ``F, ID``, per group whether it is present, the pooled "any label" mask
+        (the body outline) and which ids occur in ``arr`` (bool, indexed by id).
+        """
+        lut = _group_table(groups)
+        anyg, maxg, nonzero, seen = edt.pool_groups(arr, stride, lut, len(groups))
+        if F is None:
+            F = np.full(nonzero.shape, DISTANCE_CAP_MM, np.float32)
+            ID = np.zeros(nonzero.shape, np.int32)
+        have = []
+        for g, (m, _) in enumerate(groups):
+            have.append(bool(anyg[g].any()))
+            if have[-1]:
+                edt.merge_group(anyg[g], maxg[g], sp, float(m), DISTANCE_CAP_MM, F, ID)
+        return F, ID, have, nonzero, seen
 
     def _common_fields(self, options: SolverOptions, levels: list[str]) -> dict[str, Any]:
         """Level-independent fields (every obstacle class but ``other_bone``, other metal,
@@ -650,30 +648,25 @@ class Scene:
         stride, full = self._coarse_frame(options)
         corners = np.concatenate([self._level_box(lv) for lv in sorted(set(levels) | (have["levels"] if have else set()))])
         sl = self._crop(corners, stride, full)
-        arr = np.ascontiguousarray(self.labels.array[sl])
+        arr = self.labels.array[sl]
         grid = self._coarse_grid(sl, stride)
-        groups: dict[float, list[int]] = {}
-        present = {c: False for c in OBSTACLE_CLASSES}
-        for i in np.unique(arr):
-            name = LABEL_NAMES.get(int(i)) if i else None
-            if name is None:
-                continue
+        # the classes by margin (ascending), then other metal with the hardware margin
+        by_margin: dict[float, list[int]] = {}
+        cls: dict[int, str] = {}
+        metal_id = LABEL_IDS.get("other_metal", 499)
+        for i, name in sorted(LABEL_NAMES.items()):
             c = structure_class(name, None)
             if c is None or c == "other_bone" or name == "other_metal":
                 continue
-            groups.setdefault(options.margins[c], []).append(int(i))
-            present[c] = True
-        F, ID = self._class_fields(arr, stride, grid.spacing, groups)
-        metal_id = LABEL_IDS.get("other_metal", 499)
-        metal = self._class_fields(arr, stride, grid.spacing, {options.margins["hardware"]: [metal_id]})
-        better = metal[0] < F
-        F[better] = metal[0][better]
-        ID[better] = metal[1][better]
-        present["hardware"] = present["hardware"] or bool((arr == metal_id).any())
-        inside = arr > 0
-        if np.any(stride > 1):
-            cs = grid.shape
-            inside = inside.reshape(cs[0], stride[0], cs[1], stride[1], cs[2], stride[2]).any(axis=(1, 3, 5))
+            by_margin.setdefault(options.margins[c], []).append(int(i))
+            cls[int(i)] = c
+        groups = sorted(by_margin.items()) + [(options.margins["hardware"], [metal_id])]
+        F, ID, _, inside, seen = self._class_fields(arr, stride, grid.spacing, groups)
+        present = {c: False for c in OBSTACLE_CLASSES}
+        for i in np.flatnonzero(seen):
+            if int(i) in cls:
+                present[cls[int(i)]] = True
+        present["hardware"] = present["hardware"] or bool(metal_id < len(seen) and seen[metal_id])
         skin = _sdf(inside, grid.spacing)
         out = {"levels": set(levels) | (have["levels"] if have else set()), "slices": sl, "grid": grid, "F": F, "ID": ID,
                "skin": skin, "present": present, "stride": stride, "seconds": time.perf_counter() - t0}
@@ -707,19 +700,16 @@ class Scene:
         # the level box on the common coarse lattice
         csl = tuple(slice((s_.start - c.start) // st, (s_.stop - c.start) // st) for s_, c, st in zip(sl, g0, stride))
         grid = self._coarse_grid(sl, stride)
-        F = np.ascontiguousarray(common["F"][csl])
-        ID = np.ascontiguousarray(common["ID"][csl])
-        skin = np.ascontiguousarray(common["skin"][csl])
+        F = np.array(common["F"][csl])  # copies: the common fields stay as they are
+        ID = np.array(common["ID"][csl])
+        skin = np.array(common["skin"][csl])
         present = dict(common["present"])
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        arr = lab.array[sl]
-        other = [int(i) for i in np.unique(arr) if i and int(i) in LABEL_NAMES and structure_class(LABEL_NAMES[int(i)], level) == "other_bone"]
-        if other:
-            Fo, IDo = self._class_fields(np.ascontiguousarray(arr), stride, grid.spacing, {options.margins["other_bone"]: other})
-            better = Fo < F
-            F[better] = Fo[better]
-            ID[better] = IDo[better]
+        other = [i for i, name in sorted(LABEL_NAMES.items()) if structure_class(name, level) == "other_bone"]
+        # min with the common fields in place (same as the min of the two fields: F <= cap)
+        _, _, have, _, _ = self._class_fields(lab.array[sl], stride, grid.spacing, [(options.margins["other_bone"], other)], F, ID)
+        if have[0]:
             present["other_bone"] = True
         timings["other_bone_s"] = time.perf_counter() - t
         t = time.perf_counter()
