@@ -1,4 +1,4 @@
-"""Benchmark: DRR speed, C-arm view-search speed and hardware overlap of suggested views.
+"""Benchmark: DRR speed, C-arm view-search speed and hardware overlap of the suggested views.
 
 On the case-example phantom (L3-L5 fixation extended to T12, bilateral screws at L3 and L5):
 
@@ -7,31 +7,44 @@ On the case-example phantom (L3-L5 fixation extended to T12, bilateral screws at
     (``planner.fluoro.drr.raycast_reference``: trilinear ``map_coordinates`` along every
     ray, one sample per voxel spacing), with the speed ratio and the agreement of the two
     images;
-(b) the time of a view search over >= 300 C-arm poses for an L3 and an L5 trajectory;
-(c) for L3 and L5 the hardware overlap (needle path, tip, posterior wall and their weighted
-    mean) of the AP, lateral, bull's-eye, progression and best suggested views;
+(b) the time of a view search over >= 300 C-arm poses (629: LAO/RAO -90..90 x cranial /
+    caudal -40..40 in 5 deg steps) for each trajectory;
+(c) for each level the hardware overlap on the needle tip, the posterior wall and the path
+    of AP, lateral, bull's-eye, progression and the two suggested views (``tip_wall``: the
+    tip/wall monitoring view; ``wall_edge_on``: the best view that sees the posterior wall
+    edge-on), the ratios suggested / AP and suggested / lateral with a verdict per
+    component, and the findings of ``ViewPlan.suggest`` (which say so where no view reduces a
+    component).  The wall is the posterior wall between the pedicles within 8 mm of the tip's
+    height (``posterior_wall_points(..., tip_lps=tip)``); the column ``wall*`` is the overlap
+    on the whole posterior surface (no pedicle or tip limit), printed for comparison;
 
 and writes the PNGs of the views for each trajectory into ``--out`` (not part of the
-repository).
+repository): ``<view>.png`` and ``<view>_overlay.png`` (tip ring yellow, wall points cyan).
 
-Trajectories: ``--plan plan.json`` takes each level's recommended candidate
-(``skin_entry_lps_mm`` -> ``target_lps_mm``) from a ``planner plan`` output.  Without it a
-screw-free path is built from the case's vertebral frames: a target on the midline in the
-anterior third of the body, a fifth of its height below the centre (below the screw tips, as
-an extrapedicular inferior route enters); of the directions (lateral angle 20-60 deg from the posterior
-axis, cranio-caudal -30..30 deg, both sides) that keep the straight needle >= 3 mm from every
-screw and rod and >= 14 mm from the canal axis the one closest to a level 35 deg approach;
-and the skin entry where that line leaves the body in the CT.  In both cases, when the level has bilateral screws (no free
-pedicle: the domain practice is a curved-needle vertebroplasty) the needle gets the default
-curved extension of :mod:`planner.instruments` bending toward the other side.
+Trajectories (``--trajectories``):
+
+* ``plan`` (default): each level's recommended candidate of a ``planner plan`` of the
+  case-example preset at 1 mm.  ``--plan plan.json`` takes an existing plan; otherwise the
+  case is written (1 mm CT, labels, 1 mm meshes, as the test fixture does) into ``--work``
+  and planned there, both reused by later runs.  A curved-needle recommendation is seen as
+  its cannula plus the planned arc (``Trajectory.from_candidate(cand, procedure)``).
+* ``frame``: a screw-free path built from the case's vertebral frames: a target on the
+  midline in the anterior third of the body, a fifth of its height below the centre; of the
+  directions (lateral angle 20-60 deg from the posterior axis, cranio-caudal -30..30 deg,
+  both sides) that keep the straight needle >= 3 mm from every screw and rod and >= 14 mm
+  from the canal axis the one closest to a level 35 deg approach; the skin entry where that
+  line leaves the body in the CT; at a level with bilateral screws the default curved
+  extension bending toward the other side.
 
 Usage::
 
-    python benchmarks/bench_fluoro.py                          # 0.8 mm CT, 5 DRR repeats
+    python benchmarks/bench_fluoro.py                          # plan trajectories, 0.8 mm CT
     python benchmarks/bench_fluoro.py --plan plan/plan.json --out fluoro-views
+    python benchmarks/bench_fluoro.py --trajectories frame
 
 Targets (issue 5): a 512 x 512 DRR in <= 1 s on a 2-core machine; a >= 300-pose view search
-in <= 2 s; suggested obliques reduce the hardware overlap on tip and posterior wall.
+in <= 2 s; suggested obliques reduce the hardware overlap on tip and posterior wall relative
+to AP and lateral.
 """
 
 from __future__ import annotations
@@ -55,6 +68,10 @@ from planner.fluoro.views import (
     standard_views,
     write_view_pngs,
 )
+
+#: the speed targets of issue 5, seconds
+DRR_TARGET_S = 1.0
+SEARCH_TARGET_S = 2.0
 
 
 def frame_trajectory(case, level: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -118,7 +135,33 @@ def with_curve(t: Trajectory, side: str) -> Trajectory:
     return Trajectory(t.entry_lps, t.target_lps, curve_lps=curve, curve_radius_mm=cn.radius_mm)
 
 
-def plan_trajectory(plan: dict, level: str) -> tuple[np.ndarray, np.ndarray, str]:
+def case_plan(work: Path, levels: list[str]) -> Path:
+    """``plan.json`` of the case-example preset at 1 mm in ``work`` (written once, then reused)."""
+    from planner.phantom import generate, get_preset, write_case
+    from planner.phantom.spec import CaseSpec
+    from planner.solve.api import plan_input
+
+    case_dir = work / "case_example_1mm"
+    plan_path = case_dir / "plan" / "plan.json"
+    if plan_path.is_file():
+        have = {lv["level"] for lv in json.loads(plan_path.read_text())["levels"]}
+        if set(levels) <= have:
+            print(f"reusing the plan {plan_path}")
+            return plan_path
+    if not (case_dir / "case.json").is_file():
+        t0 = time.perf_counter()
+        d = get_preset("case_example").to_dict()
+        d["imaging"]["spacing_mm"] = [1.0, 1.0, 1.0]
+        write_case(generate(CaseSpec.from_dict(d)), case_dir, dicom=False, mesh_spacing_mm=1.0)
+        print(f"wrote the case-example phantom at 1 mm to {case_dir} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    _, path = plan_input(case_dir, case_dir / "plan", levels=list(levels))
+    print(f"planned {', '.join(levels)} of {case_dir} in {time.perf_counter() - t0:.1f} s -> {path}")
+    return path
+
+
+def plan_trajectory(plan: dict, level: str) -> tuple[Trajectory, str, str]:
+    """The recommended candidate of ``level`` as placed (curved: cannula + arc), its side and a label."""
     for lv in plan["levels"]:
         if lv["level"] == level:
             rec = lv["recommendation"]
@@ -127,7 +170,8 @@ def plan_trajectory(plan: dict, level: str) -> tuple[np.ndarray, np.ndarray, str
             if not ids or ids[0] not in cands:
                 raise SystemExit(f"plan has no recommended candidate at {level}")
             c = cands[ids[0]]
-            return np.asarray(c["skin_entry_lps_mm"], float), np.asarray(c["target_lps_mm"], float), c["side"]
+            t = Trajectory.from_candidate(c, rec.get("procedure"))
+            return t, c["side"], f"{c['id']}, {rec.get('procedure')}"
     raise SystemExit(f"level {level} not in the plan")
 
 
@@ -144,18 +188,40 @@ def fmt_times(ts: list[float]) -> str:
     return f"median {statistics.median(ts):.3f} s  min {min(ts):.3f}  max {max(ts):.3f}  (n={len(ts)})"
 
 
+def met(value: float, target: float) -> str:
+    return f"target <= {target:g} s: {'met' if value <= target else 'NOT met'}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "   -  " if r is None else f"{r:6.2f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spacing", type=float, default=0.8, help="phantom CT spacing, mm")
+    ap.add_argument("--spacing", type=float, default=0.8, help="phantom CT spacing for the DRRs, mm")
     ap.add_argument("--repeats", type=int, default=5, help="DRR repeats")
     ap.add_argument("--baseline-repeats", type=int, default=1)
     ap.add_argument("--search-repeats", type=int, default=3)
     ap.add_argument("--levels", nargs="+", default=["L3", "L5"])
+    ap.add_argument("--trajectories", choices=("plan", "frame"), default="plan")
     ap.add_argument("--plan", type=Path, help="plan.json of 'planner plan' (recommended candidates)")
+    ap.add_argument("--work", type=Path, default=Path("bench-output") / "fluoro-work",
+                    help="folder for the 1 mm case and its plan (reused)")
     ap.add_argument("--out", type=Path, default=Path("bench-output") / "fluoro", help="folder for the PNGs")
     args = ap.parse_args()
 
     from planner.phantom import generate, get_preset
+
+    trajs: dict[str, Trajectory] = {}
+    if args.trajectories == "plan":
+        plan_path = args.plan or case_plan(args.work, args.levels)
+        plan = json.loads(Path(plan_path).read_text())
+        for lv in args.levels:
+            t, side, what = plan_trajectory(plan, lv)
+            trajs[lv] = t
+            print(f"{lv} trajectory (recommended: {what}, {side}): entry {np.round(t.entry_lps, 1).tolist()} "
+                  f"cannula/needle end {np.round(t.target_lps, 1).tolist()} tip {np.round(t.tip_lps, 1).tolist()} "
+                  f"straight part {t.length_mm:.1f} mm{', curved arc' if t.curve_lps is not None else ''}")
 
     t0 = time.perf_counter()
     case = generate(get_preset("case_example").replace_imaging(spacing_mm=(args.spacing,) * 3))
@@ -164,18 +230,15 @@ def main() -> int:
     print(f"case_example CT {ct.shape[0]}x{ct.shape[1]}x{ct.shape[2]} at {args.spacing} mm "
           f"({np.prod(ct.shape) / 1e6:.1f} Mvox), {len(case.scene.screws)} screws, {len(case.scene.rods)} rods; "
           f"generated in {time.perf_counter() - t0:.1f} s")
-
-    plan = json.loads(args.plan.read_text()) if args.plan else None
-    trajs: dict[str, Trajectory] = {}
-    for lv in args.levels:
-        entry, target, side = plan_trajectory(plan, lv) if plan else frame_trajectory(case, lv)
-        t = Trajectory(entry, target)
-        bilateral = {s.side for s in case.scene.screws if s.level == lv} == {"left", "right"}
-        trajs[lv] = with_curve(t, side) if bilateral else t
-        src = f"plan {args.plan.name}" if plan else "vertebral frame (screw-free path)"
-        print(f"{lv} trajectory ({src}, {side}{', curved extension' if bilateral else ''}): "
-              f"entry {np.round(entry, 1).tolist()} target {np.round(target, 1).tolist()} "
-              f"tip {np.round(trajs[lv].tip_lps, 1).tolist()} length {t.length_mm:.1f} mm")
+    if args.trajectories == "frame":
+        for lv in args.levels:
+            entry, target, side = frame_trajectory(case, lv)
+            t = Trajectory(entry, target)
+            bilateral = {s.side for s in case.scene.screws if s.level == lv} == {"left", "right"}
+            trajs[lv] = with_curve(t, side) if bilateral else t
+            print(f"{lv} trajectory (vertebral frame, screw-free path, {side}{', curved extension' if bilateral else ''}): "
+                  f"entry {np.round(entry, 1).tolist()} target {np.round(target, 1).tolist()} "
+                  f"tip {np.round(trajs[lv].tip_lps, 1).tolist()} length {t.length_mm:.1f} mm")
 
     # ---- (a) DRR speed -----------------------------------------------------------------------
     lv0 = args.levels[0]
@@ -196,52 +259,68 @@ def main() -> int:
     print()
     print(f"(a) 512x512 DRR ({lv0} isocentre), CT prepared once: {rend.mu.shape[0]}x{rend.mu.shape[1]}x"
           f"{rend.mu.shape[2]} at factors {rend.factors} in {prep:.3f} s")
-    print(f"    DRR, AP, CT + {len(case.scene.screws)} screws, rods, needle:  {fmt_times(ts_full)}")
+    print(f"    DRR, AP, CT + {len(case.scene.screws)} screws, rods, needle:  {fmt_times(ts_full)}  "
+          f"({met(max(ts_full), DRR_TARGET_S)}, slowest run)")
     print(f"    DRR, AP, CT part only:                     {fmt_times(ts_ct)}")
-    print(f"    DRR, all {len(views)} standard views, full:          {fmt_times(ts_views)}")
+    print(f"    DRR, all {len(views)} standard views, full:          {fmt_times(ts_views)}  "
+          f"({met(max(ts_views), DRR_TARGET_S)})")
     print(f"    baseline full-resolution ray caster, CT:   {fmt_times(ts_base)}")
     print(f"    speed-up (CT part, medians): {statistics.median(ts_base) / statistics.median(ts_ct):.1f}x; "
           f"first DRR incl. preparation {prep + ts_full[0]:.3f} s; "
           f"agreement with the baseline: relative L1 {rel:.4f}, correlation {corr:.5f}")
 
-    # ---- (b) view search and (c) overlap --------------------------------------------------
+    # ---- (b) view search ---------------------------------------------------------------------
     print()
-    print("(b) view search (LAO/RAO -60..60 x cranial/caudal -40..40, 5 deg steps)")
-    rows = []
+    print("(b) view search (LAO/RAO -90..90 x cranial/caudal -40..40, 5 deg steps; minimax ranking)")
+    plans = {}
     for lv, t in trajs.items():
         fr = case.scene.vertebrae[lv]
         t0 = time.perf_counter()
-        W = posterior_wall_points(case.labels, lv, posterior_lps=fr.v)
+        W, N = posterior_wall_points(case.labels, lv, posterior_lps=fr.v, tip_lps=t.tip_lps, return_normals=True)
+        W_all = posterior_wall_points(case.labels, lv, posterior_lps=fr.v, between_pedicles=False)
         t_wall = time.perf_counter() - t0
-        ts, vp = timed(lambda t=t, W=W: plan_views(t, hw, W), args.search_repeats)
-        print(f"    {lv}: {vp.n_poses} poses  {fmt_times(ts)}  "
-              f"(+ {len(W)} posterior-wall points from the label map in {t_wall:.3f} s)")
-        sv = standard_views(t, None, vp)
-        for name, c in sv.items():
-            s = score_poses(t, hw, W, [c.lao_deg], [c.cran_deg])
-            rows.append((lv, name, c.lao_deg, c.cran_deg, s["path"][0], s["tip"][0], s["wall"][0], s["overlap"][0]))
-        rows.append((lv, "visibility", np.nan, np.nan, np.nan, np.nan, np.nan, vp.visibility))
-        sug = "; ".join(f"({v['lao']:+.0f}, {v['cran']:+.0f}) overlap {v['overlap']:.3f}" for v in vp.suggestions(3))
-        rows.append((lv, "suggested: " + sug, None, None, None, None, None, None))
-        png = write_view_pngs(ct, t, hw, args.out / lv, W)
-        rows.append((lv, f"PNGs: {', '.join(sorted(p.name for p in png.values()))} in {args.out / lv}", None, None, None, None, None, None))
+        ts, vp = timed(lambda t=t, W=W, N=N: plan_views(t, hw, W, wall_normals=N), args.search_repeats)
+        plans[lv] = (t, W, N, W_all, vp)
+        print(f"    {lv}: {vp.n_poses} poses  {fmt_times(ts)}  ({met(max(ts), SEARCH_TARGET_S)}; + {len(W)} wall points "
+              f"between the pedicles within 8 mm of the tip and {len(W_all)} on the whole posterior surface, "
+              f"from the label map in {t_wall:.3f} s)")
 
+    # ---- (c) overlaps ------------------------------------------------------------------------
     print()
-    print("(c) hardware overlap (covered fraction; 0 = clear): path, tip (3 mm disc), posterior wall (2 mm discs), "
-          "weighted overlap")
-    print(f"    {'level':5} {'view':14} {'LAO':>6} {'CRAN':>6} {'path':>6} {'tip':>6} {'wall':>6} {'overlap':>8}")
-    for lv, name, la, cr, p, tip, w, o in rows:
-        if la is None:
-            print(f"    {lv:5} {name}")
-        elif np.isnan(la):
-            print(f"    {lv:5} {'visibility':14} {'':>6} {'':>6} {'':>6} {'':>6} {'':>6} {o:8.3f}")
-        else:
-            print(f"    {lv:5} {name:14} {la:6.1f} {cr:6.1f} {p:6.3f} {tip:6.3f} {w:6.3f} {o:8.3f}")
-    for lv in trajs:
-        r = {name: (tip, w, o) for l2, name, la, cr, p, tip, w, o in rows if l2 == lv and la is not None and not np.isnan(la)}
-        b, a, lat = r["best_oblique"], r["ap"], r["lateral"]
-        print(f"    {lv}: best view vs AP / lateral: tip {b[0]:.3f} vs {a[0]:.3f} / {lat[0]:.3f}, "
-              f"wall {b[1]:.3f} vs {a[1]:.3f} / {lat[1]:.3f}, overlap {b[2]:.3f} vs {a[2]:.3f} / {lat[2]:.3f}")
+    print("(c) hardware overlap (covered fraction; 0 = clear): tip (3 mm disc), wall (2 mm discs on the posterior wall "
+          "between the pedicles, +-8 mm of the tip), path; wall* = whole posterior surface (for comparison); "
+          "needle = beam-to-needle angle (90 = full length), wall-plane = beam-to-wall-plane angle (0 = edge-on)")
+    for lv, (t, W, N, W_all, vp) in plans.items():
+        sug = vp.suggest()
+        print()
+        print(f"    {lv:5} {'view':14} {'LAO':>6} {'CRAN':>6} {'tip':>6} {'wall':>6} {'path':>6} {'wall*':>6} "
+              f"{'overlap':>8} {'needle':>7} {'wall-plane':>10}")
+        sv = standard_views(t, None, vp)
+        rows = [(n, c.lao_deg, c.cran_deg) for n, c in sv.items() if n not in ("best_oblique", "wall_edge_on")]
+        rows += [(f"-> {name}", v["lao"], v["cran"]) for name, v in sug.items() if name != "findings" and v is not None]
+        for name, la, cr in rows:
+            s = score_poses(t, hw, W, [la], [cr], wall_normals=N)
+            s_all = score_poses(t, hw, W_all, [la], [cr])
+            print(f"    {lv:5} {name:14} {la:6.1f} {cr:6.1f} {s['tip'][0]:6.3f} {s['wall'][0]:6.3f} {s['path'][0]:6.3f} "
+                  f"{s_all['wall'][0]:6.3f} {s['overlap'][0]:8.3f} {s['needle_deg'][0]:7.1f} {s['wall_plane_deg'][0]:10.1f}")
+        for name in ("tip_wall", "wall_edge_on"):
+            v = sug[name]
+            if v is None:
+                print(f"    {lv}: no {name} view")
+                continue
+            print(f"    {lv}: suggested {name} view LAO {v['lao']:+.0f} CRAN {v['cran']:+.0f}: "
+                  "ratio to AP / lateral, verdict vs AP / lateral")
+            for comp, row in v["compare"].items():
+                print(f"        {comp:5} {row['view']:.3f}  AP {row['ap']:.3f} x{fmt_ratio(row['ratio_ap'])} {row['vs_ap']:14}"
+                      f"  lateral {row['lateral']:.3f} x{fmt_ratio(row['ratio_lateral'])} {row['vs_lateral']}")
+        print(f"    {lv}: findings")
+        for f in sug["findings"]:
+            print(f"        - {f}")
+        others = "; ".join(f"({v['lao']:+.0f}, {v['cran']:+.0f}) tip {v['tip']:.3f} wall {v['wall']:.3f} path {v['path']:.3f}"
+                           for v in vp.suggestions(3))
+        print(f"    {lv}: next distinct views by rank: {others}")
+        png = write_view_pngs(ct, t, hw, args.out / lv, W, wall_normals=N)
+        print(f"    {lv}: PNGs {', '.join(sorted(p.name for p in png.values()))} (+ _overlay) in {args.out / lv}")
     return 0
 
 

@@ -18,34 +18,59 @@ Views (angles as in :mod:`planner.fluoro.carm`; the isocentre is the needle targ
 
 View planning
 -------------
-:func:`plan_views` scores a grid of C-arm poses (default LAO/RAO -60..60 deg x cranial /
-caudal -40..40 deg in 5 deg steps: 425 poses) for one trajectory, *analytically*: each
-hardware cylinder (screw shank and tulip, rod and cross-link segments) projects to a 2-D
-capsule on the detector (the segment between its projected end points, half-width its
-radius times the magnification at each end, linearly tapered); three kinds of query discs
-are tested against the capsules:
+:func:`plan_views` scores a grid of C-arm poses (default LAO/RAO -90..90 deg x cranial /
+caudal -40..40 deg in 5 deg steps: 629 poses, from one lateral over AP to the other) for
+one trajectory, *analytically*: each hardware cylinder (screw shank and tulip, rod and
+cross-link segments) projects to a 2-D capsule on the detector (the segment between its
+projected end points, half-width its radius times the magnification at each end, linearly
+tapered); three kinds of query discs are tested against the capsules:
 
 * ``path``: ``path_samples`` points along the needle (skin entry -> target, then the curved
   extension), each a disc of the needle's radius;
 * ``tip``: the needle tip, a disc of ``tip_radius_mm``;
 * ``wall``: posterior-wall points of the target vertebral body, discs of ``wall_radius_mm``
-  (:func:`posterior_wall_points` extracts them from a label map).
+  (:func:`posterior_wall_points` extracts them from a label map: by default the wall
+  between the pedicles, the canal-facing part, and with the tip given only the band at
+  the tip's height).
 
-Radii are in mm at the object, projected with each point's own magnification.  The
-fraction of a disc (radius ``rho``) covered by one capsule is that of the strip
-``|distance to the capsule axis| <= R`` treating the axis as straight across the disc:
-``g((dist - R) / rho) - g((dist + R) / rho)`` with ``g(x) = (acos x - x sqrt(1 - x^2)) / pi``
-(the disc fraction beyond a chord at signed distance ``x rho``); several capsules combine as
-``1 - prod(1 - f)``.  A term is the mean covered fraction of its discs; the view's overlap
-is the weighted mean of the three terms (weights ``path 0.3, tip 0.35, wall 0.35`` [U]:
-the tip and the posterior wall are what the operator must see, the domain document), and
-``visibility = 1 - overlap`` of the best view, in [0, 1].  Everything is vectorised over
-poses, query points and capsules.
+Overlap is what the operator sees: hardware anywhere along the ray counts, however far in
+depth from the tip or the wall it lies.  Radii are in mm at the object, projected with
+each point's own magnification.  The fraction of a disc (radius ``rho``) covered by one
+capsule is that of the strip ``|distance to the capsule axis| <= R`` treating the axis as
+straight across the disc: ``g((dist - R) / rho) - g((dist + R) / rho)`` with
+``g(x) = (acos x - x sqrt(1 - x^2)) / pi`` (the disc fraction beyond a chord at signed
+distance ``x rho``); several capsules combine as ``1 - prod(1 - f)``.  A term is the mean
+covered fraction of its discs; the weighted ``overlap`` is the weighted mean of the three
+(``path 0.3, tip 0.35, wall 0.35`` [U]).  Everything is vectorised over poses, query points
+and capsules.
+
+Ranking and suggestions.  A weighted sum trades one component for another (a clear path can
+buy a hidden wall), so poses are ranked *minimax* by default: the poses in which no
+component is measurably worse than in the better of AP and lateral first; within that, by
+the larger of the tip and wall overlaps, then by the path overlap (each in steps of
+``rank_tolerance``, 0.01), then by the weighted overlap and closeness to AP
+(``ViewSearchSettings.criterion``).  Poses
+whose beam is within ``min_needle_angle_deg`` (30 deg) of the needle axis see the needle
+foreshortened and are never suggested: end-on is the bull's-eye view, a view type of its
+own.  :meth:`ViewPlan.suggest` returns two views by purpose, each with its overlaps next to
+AP's and lateral's, their ratios and a verdict per component (``reduced``, ``clear in
+both``, ``not reduced``, ``increased``), and findings that say so when no pose reduces a
+component:
+
+* ``tip_wall`` (:attr:`ViewPlan.best`): the tip/wall monitoring view, the best-ranked pose;
+* ``wall_edge_on`` (:attr:`ViewPlan.best_edge_on`): the best-ranked pose whose beam is within
+  ``edge_on_max_deg`` (30 deg) of the posterior wall's plane, the lateral-type view that
+  shows the wall as a line.
+
+``visibility = 1 - overlap`` (weighted) of the best-ranked view, in [0, 1], is the solver's
+score term.
 
 Plain overlap does not ask whether a view shows the wall at all (a radiograph shows the
 posterior wall as a line only where the beam is tangent to it, in near-lateral views; in
-AP it is seen en face).  ``ViewSearchSettings(wall_term="seen_edge_on")`` scores the wall
-as *not seen* instead: each point counts as seen by ``sin(beam, normal) x (1 - covered)``.
+AP it is seen en face): a near-AP view can have the least wall overlap, which is why the
+edge-on wall view is suggested apart.  ``ViewSearchSettings(wall_term="seen_edge_on")``
+scores the wall as *not seen* instead: each point counts as seen by
+``sin(beam, normal) x (1 - covered)``.
 """
 
 from __future__ import annotations
@@ -168,9 +193,29 @@ class Trajectory:
         return Cylinders.concat([shaft, polyline_cylinders(self.curve_lps, r, mu, self.name)])
 
     @classmethod
-    def from_candidate(cls, cand: dict[str, Any], **kw: Any) -> Trajectory:
-        """From a plan candidate with ``skin_entry_lps_mm`` and ``target_lps_mm`` keys."""
+    def from_candidate(cls, cand: dict[str, Any], procedure: str | None = None, **kw: Any) -> Trajectory:
+        """From a plan candidate with ``skin_entry_lps_mm`` and ``target_lps_mm`` keys.
+
+        With ``procedure="vertebroplasty_curved"`` (or, without a procedure, a candidate
+        only that instrument reaches) and the candidate's ``curved`` arc, the needle is the
+        straight cannula to ``cannula_tip_lps_mm`` plus that arc (``curved.path_lps_mm``) at
+        the curved needle's radius (:mod:`planner.instruments`), as it is placed; otherwise
+        the straight needle to the target.
+        """
+        instruments = (cand.get("verdict") or {}).get("instruments")
+        curved = procedure == "vertebroplasty_curved" or (procedure is None and instruments == ["vertebroplasty_curved"])
         try:
+            if curved and cand.get("curved") and "cannula_tip_lps_mm" in cand:
+                from planner.instruments import get_instrument
+
+                kw.setdefault("curve_radius_mm", float(get_instrument("curved_needle").radius_mm))
+                kw.setdefault("name", str(cand.get("id", "needle")))
+                return cls(
+                    np.asarray(cand["skin_entry_lps_mm"], float),
+                    np.asarray(cand["cannula_tip_lps_mm"], float),
+                    curve_lps=np.asarray(cand["curved"]["path_lps_mm"], float),
+                    **kw,
+                )
             return cls(np.asarray(cand["skin_entry_lps_mm"], float), np.asarray(cand["target_lps_mm"], float), **kw)
         except KeyError as exc:
             raise FluoroError(
@@ -241,6 +286,12 @@ def progression_view(
 
 
 # ---- posterior wall -----------------------------------------------------------------------
+#: Half-height of the posterior-wall band around the needle tip, mm [U]: about a third of a
+#: lumbar body's posterior height (25-30 mm) on each side of the tip, the wall the cement
+#: front injected at the tip reaches first.
+WALL_BAND_MM = 8.0
+
+
 def posterior_wall_points(
     labels: Volume,
     level: str,
@@ -249,16 +300,32 @@ def posterior_wall_points(
     max_normal_angle_deg: float = 50.0,
     smoothing_vox: float = 1.0,
     return_normals: bool = False,
+    between_pedicles: bool = True,
+    tip_lps: ArrayLike | None = None,
+    band_mm: float = WALL_BAND_MM,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Points on the posterior surface of a vertebral body from a label map.
+    """Points on the posterior wall of a vertebral body from a label map.
 
     The ``<level>_body`` voxels (registry id from ``planner.labels.registry.LABEL_IDS``)
-    on the body's boundary whose outward normal (gradient of the Gaussian-smoothed body
-    mask, ``smoothing_vox`` voxels) is within ``max_normal_angle_deg`` of
-    ``posterior_lps`` and which lie behind the body's centroid, leaving out voxels that
-    touch the level's pedicle labels (the pedicle roots are not wall); thinned to at most
-    ``max_points`` by farthest-point sampling (deterministic, starting next to the centroid
-    of the candidates).
+    on the body's outer boundary (screw, rod and other metal labels and the level's lesion
+    count as inside the body, so a screw channel's surface is not wall) whose outward
+    normal (gradient of the Gaussian-smoothed mask, ``smoothing_vox`` voxels) is within
+    ``max_normal_angle_deg`` of ``posterior_lps`` and which lie behind the body's centroid,
+    leaving out voxels that touch the level's pedicle labels (the pedicle roots are not
+    wall).  Then:
+
+    * ``between_pedicles`` (default): only the wall between the medial borders of the two
+      pedicles, i.e. the canal-facing wall where a cement leak reaches the spinal canal.
+      The left-right axis is the line through the two pedicles' centroids; a pedicle's
+      medial border is the 5th percentile of its voxels' distance from the midpoint along
+      that axis (robust to single stray voxels).  Without both pedicle labels, or when no
+      point lies between them, the whole posterior surface is kept (logged).
+    * ``tip_lps`` given: only the band ``|(p - tip) . w| <= band_mm`` around the needle tip,
+      ``w`` the body's cranio-caudal axis (left-right axis x posterior axis): the wall at the
+      level of the tip, which the cement front reaches first.
+
+    What is left is thinned to at most ``max_points`` by farthest-point sampling
+    (deterministic, starting next to the centroid of the candidates).
 
     Parameters
     ----------
@@ -275,6 +342,12 @@ def posterior_wall_points(
         1 voxel [U].
     return_normals : bool
         Also return the unit outward surface normals.
+    between_pedicles : bool
+        Keep only the wall between the pedicles (above).
+    tip_lps : (3,) float, optional
+        Needle tip: keep only the band of ``band_mm`` either side of it (above).
+    band_mm : float
+        Half-height of that band, :data:`WALL_BAND_MM` (8 mm) [U].
 
     Returns
     -------
@@ -283,9 +356,10 @@ def posterior_wall_points(
     """
     from scipy import ndimage
 
-    from planner.labels.registry import label_id, level_label
+    from planner.labels.registry import HARDWARE_BASE, OTHER_METAL, label_id, level_label
 
     body_id = label_id(level_label(level, "body"))
+    lesion_id = label_id(level_label(level, "lesion"))
     ped_ids = [label_id(level_label(level, p)) for p in ("pedicle_left", "pedicle_right")]
     arr = np.asarray(labels.array)
     mask_full = arr == body_id
@@ -300,10 +374,14 @@ def posterior_wall_points(
     hi = np.minimum(idx.max(0) + 4, arr.shape)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     mask = mask_full[sl]
-    ped = np.isin(arr[sl], ped_ids)
-    boundary = mask & ~ndimage.binary_erosion(mask)
+    sub = arr[sl]
+    ped = np.isin(sub, ped_ids)
+    # the body's outer surface: hardware (screw channels) and the level's lesion count as
+    # inside, so the surfaces of a screw's channel or a lesion are not taken for wall
+    solid = mask | ((sub >= HARDWARE_BASE) & (sub <= OTHER_METAL)) | (sub == lesion_id)
+    boundary = mask & ~ndimage.binary_erosion(solid)
     boundary &= ~ndimage.binary_dilation(ped)
-    sm = ndimage.gaussian_filter(mask.astype(np.float32), smoothing_vox)
+    sm = ndimage.gaussian_filter(solid.astype(np.float32), smoothing_vox)
     g = np.stack(np.gradient(sm), axis=-1)[boundary]  # (n, 3) d/d(ijk)
     B = labels.ijk_from_lps[:3, :3]
     n_lps = -(g @ B)  # outward normal = -grad in LPS (grad_x = B^T grad_ijk)
@@ -322,8 +400,67 @@ def posterior_wall_points(
         raise FluoroError(
             f"no posterior-facing surface found on {level}_body", code="PLN-FLU-004", details={"level": level}
         )
+    lr, borders = (None, None)
+    if between_pedicles or tip_lps is not None:
+        # the pedicles lie within a body's size behind the body: search a box that much larger
+        pad = np.ceil(np.ptp(idx, axis=0) + 1).astype(int)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, arr.shape)))
+        lr, borders = _pedicle_axis(labels, arr[box], ped_ids, np.array([s.start for s in box]))
+    if between_pedicles:
+        if borders is None:
+            log.warning("%s: pedicle labels missing; the posterior wall is not limited to between the pedicles", level)
+        else:
+            mid, right_medial, left_medial = borders
+            s = (pts - mid) @ lr
+            sel = (s > right_medial) & (s < left_medial)
+            if sel.any():
+                pts, normals = pts[sel], normals[sel]
+            else:
+                log.warning("%s: no posterior-wall point between the pedicles; the whole posterior surface is kept", level)
+    if tip_lps is not None:
+        if not band_mm > 0:
+            raise FluoroError("band_mm must be > 0", code="PLN-FLU-003")
+        u = lr if lr is not None else np.array([1.0, 0.0, 0.0])
+        v = post - (post @ u) * u
+        w = np.cross(u, v / np.linalg.norm(v))
+        tip = as_points(tip_lps, "tip_lps")[0]
+        sel = np.abs((pts - tip) @ w) <= band_mm
+        pts, normals = pts[sel], normals[sel]
+    if len(pts) == 0:
+        raise FluoroError(
+            f"no posterior-wall point of {level}_body lies within {band_mm:g} mm of the needle tip's height; "
+            "is the tip in this vertebral body?",
+            code="PLN-FLU-004",
+            details={"level": level},
+        )
     sel = farthest_point_indices(pts, max_points)
     return (pts[sel], normals[sel]) if return_normals else pts[sel]
+
+
+def _pedicle_axis(
+    labels: Volume, arr: np.ndarray, ped_ids: list[int], offset: np.ndarray
+) -> tuple[np.ndarray | None, tuple[np.ndarray, float, float] | None]:
+    """Left-right axis through the two pedicles' centroids (unit, toward the left pedicle)
+    and ``(midpoint, right medial border, left medial border)`` along it (mm from the
+    midpoint); ``(None, None)`` when a pedicle label is absent or the borders overlap.
+    ``arr`` is a block of the label map starting at voxel ``offset``."""
+    found = []
+    for pid in ped_ids:
+        ijk = np.argwhere(arr == pid)
+        if len(ijk) == 0:
+            return None, None
+        found.append(labels.lps_from_index((ijk + offset).astype(float)))
+    left, right = found
+    mid = 0.5 * (left.mean(0) + right.mean(0))
+    u = left.mean(0) - right.mean(0)
+    if np.linalg.norm(u) < 1e-6:
+        return None, None
+    u = u / np.linalg.norm(u)
+    left_medial = float(np.percentile((left - mid) @ u, 5.0))
+    right_medial = float(np.percentile((right - mid) @ u, 95.0))
+    if not right_medial < left_medial:
+        return u, None
+    return u, (mid, right_medial, left_medial)
 
 
 def farthest_point_sample(points: np.ndarray, k: int) -> np.ndarray:
@@ -351,6 +488,10 @@ def farthest_point_indices(points: np.ndarray, k: int) -> np.ndarray:
 
 
 # ---- view planning ----------------------------------------------------------------------------
+#: Overlap components a view is judged by, in the order they are reported.
+COMPONENTS = ("tip", "wall", "path")
+
+
 @dataclass(frozen=True)
 class ViewSearchSettings:
     """Settings of the C-arm view search (all documented, overridable).
@@ -358,11 +499,12 @@ class ViewSearchSettings:
     Attributes
     ----------
     lao_range_deg, cran_range_deg : (2,) float
-        Searched angles: LAO/RAO -60..60, cranial/caudal -40..40 deg [U] (what a mobile
-        C-arm reaches over a prone patient without collision, and the obliques used in
-        practice).
+        Searched angles: LAO/RAO -90..90 (the whole orbit from one lateral over AP to the
+        other: a near-lateral view is the one that shows the posterior wall edge-on, and
+        it lies beyond 60 deg), cranial/caudal -40..40 deg [U] (what a mobile C-arm
+        reaches over a prone patient without collision).
     lao_step_deg, cran_step_deg : float
-        Grid steps: 5 deg (25 x 17 = 425 poses).
+        Grid steps: 5 deg (37 x 17 = 629 poses).
     tip_radius_mm : float
         Disc around the tip that must be seen: 3 mm [U] (about two needle diameters).
     wall_radius_mm : float
@@ -370,12 +512,40 @@ class ViewSearchSettings:
     path_samples : int
         Points along the needle: 32.
     weights : dict
-        ``path``, ``tip``, ``wall``: 0.3, 0.35, 0.35 [U].
+        ``path``, ``tip``, ``wall``: 0.3, 0.35, 0.35 [U], for the weighted ``overlap``
+        (reported for every pose, the solver's visibility) and ``criterion="weighted"``.
+    criterion : str
+        How poses are ranked.  ``"minimax"`` (default): first the poses in which no
+        component (tip, wall, path) is *increased* (``reduction_abs``, ``reduction_ratio``)
+        against the better of AP and lateral for that component, then the others; within
+        each, by the larger of the tip and wall overlaps, then by the path overlap (each in
+        steps of ``rank_tolerance``), then by the weighted overlap.  So a view is not chosen
+        for a clear path while the tip or the wall stays hidden, nor for a clear wall while
+        the needle path is lost (a weighted sum trades one for the other).  ``"weighted"``:
+        by the weighted overlap alone.
+    rank_tolerance : float
+        Overlap step below which two poses count as equal in the ranking: 0.01 (1 % of a
+        disc's area) [U].
+    min_needle_angle_deg : float
+        Poses whose beam is closer than this to the needle shaft are ranked after all
+        others and never suggested: 30 deg [U] (the needle shows at less than half its
+        length; seen end-on it is the bull's-eye view, a separate view type for the entry
+        point, not a view to follow the needle and the cement).
+    edge_on_max_deg : float
+        A pose shows the posterior wall *edge-on* (as the line a radiograph shows, what
+        the operator watches the cement front against) when its beam is within this angle
+        of the wall's plane (mean of the wall normals, else LPS +y): 30 deg [U].  The
+        suggested wall view is the best edge-on pose.
+    reduction_abs, reduction_ratio : float
+        A view *reduces* an overlap component relative to a reference view when its
+        overlap is at least ``reduction_abs`` (0.01) lower and at most ``reduction_ratio``
+        (0.8) times the reference's; when both are below ``reduction_abs`` the component is
+        *clear in both* (nothing to reduce) [U].
     rod_simplify_mm : float
         Douglas-Peucker tolerance for rod centre lines in the scoring: 0.5 mm.
     angle_tiebreak_per_deg : float
-        Added to the overlap per degree of ``|lao| + |cran|`` so that of equally clear
-        views the one closer to AP ranks first: 1e-4 (a 10-deg difference is 0.002).
+        Added to the weighted overlap per degree of ``|lao| + |cran|`` in the last ranking
+        key so that of equally clear views the one closer to AP ranks first: 1e-4.
     min_separation_deg : float
         Suggested views differ by at least this much in one of the angles: 15 deg.
     wall_term : str
@@ -387,7 +557,7 @@ class ViewSearchSettings:
         normals (:func:`posterior_wall_points` with ``return_normals=True``).
     """
 
-    lao_range_deg: tuple[float, float] = (-60.0, 60.0)
+    lao_range_deg: tuple[float, float] = (-90.0, 90.0)
     lao_step_deg: float = 5.0
     cran_range_deg: tuple[float, float] = (-40.0, 40.0)
     cran_step_deg: float = 5.0
@@ -395,6 +565,12 @@ class ViewSearchSettings:
     wall_radius_mm: float = 2.0
     path_samples: int = 32
     weights: dict[str, float] = field(default_factory=lambda: {"path": 0.3, "tip": 0.35, "wall": 0.35})
+    criterion: str = "minimax"
+    rank_tolerance: float = 0.01
+    min_needle_angle_deg: float = 30.0
+    edge_on_max_deg: float = 30.0
+    reduction_abs: float = 0.01
+    reduction_ratio: float = 0.8
     rod_simplify_mm: float = 0.5
     angle_tiebreak_per_deg: float = 1e-4
     min_separation_deg: float = 15.0
@@ -403,9 +579,15 @@ class ViewSearchSettings:
     def __post_init__(self) -> None:
         if self.wall_term not in ("overlap", "seen_edge_on"):
             raise FluoroError("wall_term must be 'overlap' or 'seen_edge_on'", code="PLN-FLU-001")
-        for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm"):
+        if self.criterion not in ("minimax", "weighted"):
+            raise FluoroError("criterion must be 'minimax' or 'weighted'", code="PLN-FLU-001")
+        for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm", "rank_tolerance"):
             if not float(getattr(self, name)) > 0:
                 raise FluoroError(f"{name} must be > 0", code="PLN-FLU-001")
+        if not (0.0 <= self.min_needle_angle_deg < 90.0 and 0.0 < self.edge_on_max_deg <= 90.0):
+            raise FluoroError("min_needle_angle_deg must be in [0, 90), edge_on_max_deg in (0, 90]", code="PLN-FLU-001")
+        if not (self.reduction_abs >= 0.0 and 0.0 < self.reduction_ratio <= 1.0):
+            raise FluoroError("reduction_abs must be >= 0 and reduction_ratio in (0, 1]", code="PLN-FLU-001")
         if self.path_samples < 2:
             raise FluoroError("path_samples must be >= 2", code="PLN-FLU-001")
         w = {"path": 0.0, "tip": 0.0, "wall": 0.0}
@@ -502,8 +684,12 @@ def score_poses(
     Returns
     -------
     dict
-        ``lao``, ``cran`` (p,), ``path``, ``tip``, ``wall`` (covered fractions in [0, 1])
-        and ``overlap`` (their weighted mean), each (p,).
+        ``lao``, ``cran`` (p,), ``path``, ``tip``, ``wall`` (covered fractions in [0, 1]),
+        ``overlap`` (their weighted mean), and two angles of the beam, degrees:
+        ``needle_deg`` to the needle shaft (90 = the needle seen at full length, 0 =
+        end-on) and ``wall_plane_deg`` to the posterior wall's plane (0 = the wall seen
+        edge-on, 90 = en face; the plane's normal is the mean of ``wall_normals``, else
+        LPS +y), each (p,).
     """
     s = settings or ViewSearchSettings()
     c = carm or CArm()
@@ -562,7 +748,54 @@ def score_poses(
         overlap = (w["path"] * path_c + w["tip"] * tip_c + w["wall"] * wall_c) / (w["path"] + w["tip"] + w["wall"])
     else:
         overlap = (w["path"] * path_c + w["tip"] * tip_c) / max(w["path"] + w["tip"], 1e-12)
-    return {"lao": lao.copy(), "cran": cran.copy(), "path": path_c, "tip": tip_c, "wall": wall_c, "overlap": overlap}
+    beam = P[:, 2, :3] / np.linalg.norm(P[:, 2, :3], axis=1, keepdims=True)  # (p, 3) unit source -> detector
+    needle_deg = np.degrees(np.arccos(np.clip(np.abs(beam @ t.direction), 0.0, 1.0)))
+    n_wall = np.array([0.0, 1.0, 0.0])
+    if wall_normals is not None and len(W) and np.shape(wall_normals) == W.shape:
+        m = np.asarray(wall_normals, float).mean(axis=0)
+        if np.linalg.norm(m) > 1e-9:
+            n_wall = m / np.linalg.norm(m)
+    wall_plane_deg = np.degrees(np.arcsin(np.clip(np.abs(beam @ n_wall), 0.0, 1.0)))
+    return {
+        "lao": lao.copy(), "cran": cran.copy(), "path": path_c, "tip": tip_c, "wall": wall_c, "overlap": overlap,
+        "needle_deg": needle_deg, "wall_plane_deg": wall_plane_deg,
+    }
+
+
+def _verdict(v: float, ref: float, s: ViewSearchSettings) -> str:
+    """How overlap ``v`` of a view compares with a reference view's ``ref`` (settings' thresholds)."""
+    a, q = s.reduction_abs, s.reduction_ratio
+    if v < a and ref < a:
+        return "clear in both"
+    if v <= ref - a and v <= q * ref:
+        return "reduced"
+    if v >= ref + a and ref <= q * v:
+        return "increased"
+    return "not reduced"
+
+
+def _rank_order(
+    sc: dict[str, np.ndarray], s: ViewSearchSettings, has_wall: bool, reference: dict[str, float]
+) -> np.ndarray:
+    """Pose indices, best first, by ``s.criterion`` (:class:`ViewSearchSettings`);
+    ``reference`` holds per component the overlap a pose must not measurably exceed to be
+    in the first tier (the better of AP and lateral, or the lateral for the wall view)."""
+    lao, cran = sc["lao"], sc["cran"]
+    unusable = sc["needle_deg"] < s.min_needle_angle_deg
+    last = np.round(sc["overlap"] + s.angle_tiebreak_per_deg * (np.abs(lao) + np.abs(cran)), 9)
+    if s.criterion == "weighted":
+        return np.lexsort((cran, lao, last, unusable.astype(int)))
+    comps = COMPONENTS if has_wall else ("tip", "path")
+    worse = np.zeros(len(lao), bool)  # some component "increased" against the better standard view
+    for c in comps:
+        r = float(reference[c])
+        v = sc[c]
+        worse |= (v >= r + s.reduction_abs) & (r <= s.reduction_ratio * v)
+    tier = np.where(unusable, 2, np.where(worse, 1, 0))
+    step = s.rank_tolerance
+    k1 = np.floor((np.maximum(sc["tip"], sc["wall"]) if has_wall else sc["tip"]) / step + 1e-9)
+    k2 = np.floor(sc["path"] / step + 1e-9)
+    return np.lexsort((cran, lao, last, k2, k1, tier))
 
 
 @dataclass
@@ -572,14 +805,18 @@ class ViewPlan:
     Attributes
     ----------
     scores : dict of (p,) arrays
-        ``lao``, ``cran``, ``path``, ``tip``, ``wall``, ``overlap`` of every searched pose.
+        ``lao``, ``cran``, ``path``, ``tip``, ``wall``, ``overlap``, ``needle_deg``,
+        ``wall_plane_deg`` of every searched pose (:func:`score_poses`).
     order : (p,) int
-        Pose indices, best first (overlap plus the angle tie-break, then angles).
+        Pose indices, best first (``settings.criterion``; poses that see the needle
+        foreshortened, closer than ``min_needle_angle_deg``, last).
     reference : dict
         The same terms for the AP and lateral views (``"ap"``, ``"lateral"``).
     settings : ViewSearchSettings
     seconds : float
         Time of the search (scoring every pose).
+    has_wall : bool
+        Whether posterior-wall points were scored.
     """
 
     scores: dict[str, np.ndarray]
@@ -587,6 +824,7 @@ class ViewPlan:
     reference: dict[str, dict[str, float]]
     settings: ViewSearchSettings
     seconds: float
+    has_wall: bool = True
 
     @property
     def n_poses(self) -> int:
@@ -597,12 +835,40 @@ class ViewPlan:
         return {k: round(float(v[i]), 6) for k, v in self.scores.items()}
 
     @property
+    def usable(self) -> np.ndarray:
+        """(p,) bool: poses that see the needle at ``>= min_needle_angle_deg`` from its axis."""
+        return self.scores["needle_deg"] >= self.settings.min_needle_angle_deg
+
+    @property
+    def edge_on(self) -> np.ndarray:
+        """(p,) bool: poses whose beam is within ``edge_on_max_deg`` of the posterior wall's plane."""
+        return self.scores["wall_plane_deg"] <= self.settings.edge_on_max_deg
+
+    @property
     def best(self) -> dict[str, float]:
+        """The first-ranked pose: the suggested tip/wall monitoring view."""
         return self.view(int(self.order[0]))
 
     @property
+    def best_edge_on(self) -> dict[str, float] | None:
+        """The best usable pose that shows the posterior wall edge-on (``None`` without wall
+        points or when no usable pose of the grid is edge-on): the suggested wall view.
+
+        Ranked as :attr:`order` but with the lateral as the reference of the first tier
+        (the edge-on view replaces the lateral, and any edge-on view has more wall overlap
+        than AP), so a pose that buys a slightly clearer wall with a measurably more hidden
+        path or tip does not displace the lateral."""
+        if not self.has_wall:
+            return None
+        ok = self.usable & self.edge_on
+        if not ok.any():
+            return None
+        order = _rank_order(self.scores, self.settings, True, self.reference["lateral"])
+        return self.view(int(order[np.argmax(ok[order])]))
+
+    @property
     def visibility(self) -> float:
-        """``1 - overlap`` of the best view, in [0, 1]."""
+        """``1 - overlap`` (weighted) of the best view, in [0, 1]."""
         return float(np.clip(1.0 - self.scores["overlap"][self.order[0]], 0.0, 1.0))
 
     def ranked(self, n: int | None = None) -> list[dict[str, float]]:
@@ -611,23 +877,128 @@ class ViewPlan:
         return [self.view(int(i)) for i in idx]
 
     def suggestions(self, k: int = 3) -> list[dict[str, float]]:
-        """The best ``k`` views that differ pairwise by ``min_separation_deg`` in an angle."""
+        """The best ``k`` usable views that differ pairwise by ``min_separation_deg`` in an angle."""
         sep = self.settings.min_separation_deg
         out: list[int] = []
         la, cr = self.scores["lao"], self.scores["cran"]
+        usable = self.usable
         for i in self.order:
+            if not usable[i]:
+                break
             if all(max(abs(la[i] - la[j]), abs(cr[i] - cr[j])) >= sep for j in out):
                 out.append(int(i))
             if len(out) == k:
                 break
         return [self.view(i) for i in out]
 
+    def components(self) -> tuple[str, ...]:
+        """The overlap components judged: tip, wall (with wall points) and path."""
+        return COMPONENTS if self.has_wall else ("tip", "path")
+
+    def compare(self, view: dict[str, float]) -> dict[str, dict[str, Any]]:
+        """Each overlap component of ``view`` against the AP and the lateral view.
+
+        Returns
+        -------
+        dict
+            Component -> ``view``, ``ap``, ``lateral`` (overlaps), ``ratio_ap``,
+            ``ratio_lateral`` (view / reference, ``None`` when the reference is 0) and
+            ``vs_ap``, ``vs_lateral``: ``"reduced"``, ``"clear in both"``, ``"not reduced"``
+            or ``"increased"`` (thresholds ``reduction_abs``, ``reduction_ratio``).
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for c in self.components():
+            v = float(view[c])
+            row: dict[str, Any] = {"view": round(v, 6)}
+            for ref in ("ap", "lateral"):
+                r = float(self.reference[ref][c])
+                row[ref] = round(r, 6)
+                row[f"ratio_{ref}"] = round(v / r, 4) if r > 0 else None
+                row[f"vs_{ref}"] = _verdict(v, r, self.settings)
+            out[c] = row
+        return out
+
+    def suggest(self) -> dict[str, Any]:
+        """The suggested views with their angles, compared with AP and lateral, and findings.
+
+        * ``tip_wall``: the best-ranked usable pose (:attr:`best`), the tip/wall monitoring
+          view to follow the needle, its tip and the cement against the posterior wall;
+        * ``wall_edge_on``: the best-ranked usable pose that shows the posterior wall edge-on
+          (:attr:`best_edge_on`), the lateral-type view; ``None`` without one.
+
+        Each has the pose's terms and its :meth:`compare` table.  ``findings`` states, per
+        component, whether the suggested views reduce it relative to AP and lateral, and
+        when no pose of the grid does.
+        """
+        s = self.settings
+        views: dict[str, dict[str, Any] | None] = {"tip_wall": self.best, "wall_edge_on": self.best_edge_on}
+        out: dict[str, Any] = {}
+        for name, v in views.items():
+            out[name] = None if v is None else {**v, "compare": self.compare(v)}
+        findings: list[str] = []
+        usable = self.usable
+        b = self.best
+        for c in self.components():
+            for ref in ("ap", "lateral"):
+                r = float(self.reference[ref][c])
+                got = [
+                    f"{name} {views[name][c]:.3f} ({_verdict(float(views[name][c]), r, s)})"  # type: ignore[index]
+                    for name in views
+                    if views[name] is not None
+                ]
+                line = f"{c} vs {ref} {r:.3f}: " + ", ".join(got)
+                possible = float(self.scores[c][usable].min()) if usable.any() else float("nan")
+                if _verdict(possible, r, s) not in ("reduced", "clear in both"):
+                    line += f"; no pose of the grid reduces it (least {possible:.3f})"
+                elif c in ("tip", "wall") and _verdict(float(b[c]), r, s) not in ("reduced", "clear in both"):
+                    line += "; " + self._trade_off(c, r)
+                findings.append(line)
+        if (b["lao"], b["cran"]) == (0.0, 0.0):
+            findings.append(
+                "the best tip/wall view is AP itself: no oblique reduces the tip or wall overlap without "
+                "measurably hiding another component"
+            )
+        if self.has_wall and views["wall_edge_on"] is None:
+            findings.append(f"no usable pose of the grid sees the posterior wall within {s.edge_on_max_deg:g} deg of edge-on")
+        elif self.has_wall:
+            lat = float(self.reference["lateral"]["wall"])
+            least = float(self.scores["wall"][usable & self.edge_on].min())
+            if _verdict(least, lat, s) not in ("reduced", "clear in both"):
+                findings.append(
+                    f"wall: no edge-on pose (beam within {s.edge_on_max_deg:g} deg of the wall's plane) reduces the "
+                    f"wall overlap below the lateral's {lat:.3f} (least {least:.3f}): hardware projects onto the wall "
+                    "in every such view"
+                )
+        out["findings"] = findings
+        return out
+
+    def _trade_off(self, c: str, ref_value: float) -> str:
+        """The clearest usable pose that reduces component ``c`` below ``ref_value``, and what
+        it hides more than the better of AP and lateral (for the findings)."""
+        s = self.settings
+        rank = np.empty(self.n_poses, int)
+        rank[self.order] = np.arange(self.n_poses)
+        v = self.scores[c]
+        ok = self.usable & (v <= ref_value - s.reduction_abs) & (v <= s.reduction_ratio * ref_value)
+        i = int(np.lexsort((rank, np.round(v, 9), ~ok))[0])
+        worse = [
+            f"{k} {self.scores[k][i]:.3f} vs {min(self.reference['ap'][k], self.reference['lateral'][k]):.3f}"
+            for k in self.components()
+            if _verdict(float(self.scores[k][i]), min(self.reference["ap"][k], self.reference["lateral"][k]), s)
+            == "increased"
+        ]
+        cost = f" at the cost of {', '.join(worse)}" if worse else ""
+        return (f"reducible to {v[i]:.3f} at LAO {self.scores['lao'][i]:+.0f} CRAN {self.scores['cran'][i]:+.0f}"
+                f"{cost}")
+
     def to_dict(self, n: int = 10) -> dict[str, Any]:
         """JSON-ready summary (deterministic: no timings)."""
         return {
             "n_poses": self.n_poses,
+            "criterion": self.settings.criterion,
             "best": self.best,
             "visibility": round(self.visibility, 6),
+            "suggested": self.suggest(),
             "suggestions": self.suggestions(),
             "top": self.ranked(n),
             "reference": self.reference,
@@ -656,7 +1027,8 @@ def plan_views(
     lateral_side : str
         Detector side of the reference lateral view.
     wall_normals : (w, 3) float, optional
-        For ``settings.wall_term = "seen_edge_on"``.
+        Outward normals at the wall points: their mean is the wall's normal for the
+        edge-on test (else LPS +y); needed for ``settings.wall_term = "seen_edge_on"``.
 
     Returns
     -------
@@ -664,11 +1036,9 @@ def plan_views(
     """
     s = settings or ViewSearchSettings()
     lao, cran = s.grid()
+    has_wall = wall_points is not None and len(wall_points) > 0
     t0 = time.perf_counter()
     sc = score_poses(trajectory, hardware, wall_points, lao, cran, s, carm, wall_normals)
-    seconds = time.perf_counter() - t0
-    key = sc["overlap"] + s.angle_tiebreak_per_deg * (np.abs(lao) + np.abs(cran))
-    order = np.lexsort((cran, lao, np.round(key, 9)))
     ref_angles = {"ap": (0.0, 0.0), "lateral": (90.0 if lateral_side == "left" else -90.0, 0.0)}
     ref = score_poses(
         trajectory, hardware, wall_points, [a for a, _ in ref_angles.values()], [c for _, c in ref_angles.values()],
@@ -677,8 +1047,11 @@ def plan_views(
     reference = {
         name: {k: round(float(v[i]), 6) for k, v in ref.items()} for i, name in enumerate(ref_angles)
     }
+    better = {c: min(reference["ap"][c], reference["lateral"][c]) for c in COMPONENTS}
+    order = _rank_order(sc, s, has_wall, better)
+    seconds = time.perf_counter() - t0
     log.debug("view search: %d poses in %.3f s", len(lao), seconds)
-    return ViewPlan(sc, order, reference, s, seconds)
+    return ViewPlan(sc, order, reference, s, seconds, has_wall)
 
 
 def visibility_score(
@@ -700,7 +1073,11 @@ def visibility_score(
 
 # ---- images -----------------------------------------------------------------------------------
 def standard_views(trajectory: TrajectoryLike, carm: CArm | None = None, view_plan: ViewPlan | None = None) -> dict[str, CArm]:
-    """AP, lateral, bull's-eye, progression and (with a plan) best-oblique views of a trajectory."""
+    """AP, lateral, bull's-eye, progression and, with a plan, the suggested views of a trajectory.
+
+    The suggested views are ``best_oblique`` (:attr:`ViewPlan.best`, the suggested
+    tip/wall monitoring view) and ``wall_edge_on`` (:attr:`ViewPlan.best_edge_on`, when there is one).
+    """
     t = as_trajectory(trajectory)
     views = {
         "ap": ap_view(t.target_lps, carm),
@@ -711,6 +1088,9 @@ def standard_views(trajectory: TrajectoryLike, carm: CArm | None = None, view_pl
     if view_plan is not None:
         b = view_plan.best
         views["best_oblique"] = (carm or CArm()).posed(b["lao"], b["cran"], t.target_lps)
+        e = view_plan.best_edge_on
+        if e is not None:
+            views["wall_edge_on"] = (carm or CArm()).posed(e["lao"], e["cran"], t.target_lps)
     return views
 
 
@@ -745,7 +1125,12 @@ def write_view_pngs(
     overlay: bool = True,
     wall_normals: ArrayLike | None = None,
 ) -> dict[str, Path]:
-    """Write DRR PNGs of the AP, lateral, bull's-eye, progression and best oblique views.
+    """Write DRR PNGs of the AP, lateral, bull's-eye, progression and suggested views.
+
+    The suggested views are ``best_oblique`` (the tip/wall monitoring view,
+    :attr:`ViewPlan.best`) and, with wall points and an edge-on pose, ``wall_edge_on``
+    (:attr:`ViewPlan.best_edge_on`); ``views.json`` holds their comparison with AP and
+    lateral (:meth:`ViewPlan.suggest`).
 
     Parameters
     ----------
@@ -792,7 +1177,8 @@ def write_view_pngs(
         terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm, wall_normals)
         meta["views"][name] = {
             "carm": c.describe(),
-            "overlap": {k: round(float(v[0]), 6) for k, v in terms.items() if k not in ("lao", "cran")},
+            "overlap": {k: round(float(terms[k][0]), 6) for k in ("path", "tip", "wall", "overlap")},
+            "angles_deg": {k: round(float(terms[k][0]), 4) for k in ("needle_deg", "wall_plane_deg")},
             "window": [round(x, 4) for x in im.window()],
         }
         if overlay:
