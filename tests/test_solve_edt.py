@@ -179,6 +179,28 @@ def test_edt_empty_full_noncontiguous(rng):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+def test_thread_count_does_not_change_results(rng):
+    import numba
+
+    m = rng.random((110, 100, 96)) < 0.01
+    assert m.size >= edt.PARALLEL_MIN_VOXELS
+    lab = _random_labels(rng, (110, 100, 96), [3, 17, 40], p_bg=0.9)
+    lut = np.full(50, -1, np.int32)
+    lut[[3, 17, 40]] = [0, 1, 1]
+    runs = []
+    prev = numba.get_num_threads()
+    for n in sorted({1, prev}):
+        numba.set_num_threads(n)
+        try:
+            runs.append((edt.edt_sq(m, SP, return_features=True), edt.signed_distance(m, SP, 30.0),
+                         edt.pool_groups(lab, (2, 2, 3), lut)))
+        finally:
+            numba.set_num_threads(prev)
+    for a, b in zip(runs[0], runs[-1]):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert np.array_equal(x, y)
+
+
 def test_signed_distance_matches_sdf_array(rng):
     from planner.solve.scene import _sdf
 

@@ -23,19 +23,42 @@ transforms on anisotropic 3-D grids, pooled label reductions, signed distances.
   (outside minus inside distance, zero level moved to the voxel boundary along the local
   normal) from two transforms, clipped to ``+/- cap``.
 
-Loops over independent lines run in parallel (``prange``); each line's result depends on
-that line only, so results do not depend on the thread count.  Compilation is cached on
+Loops over independent lines run in parallel (``prange``) for arrays of at least
+:data:`PARALLEL_MIN_VOXELS` voxels, on the calling thread for smaller ones; each line's
+result depends on that line only, so results do not depend on the thread count.  Compilation is cached on
 disk (``cache=True``).  ``tests/test_solve_edt.py`` checks everything against scipy/numpy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 _INF = np.inf
+
+#: Arrays smaller than this (voxels) run the parallel kernels on the calling thread only.
+#: A parallel loop ends at a barrier: on a loaded machine a worker thread that has lost its
+#: core costs a scheduler time slice per loop, which small arrays cannot repay.
+PARALLEL_MIN_VOXELS = 1_000_000
+
+
+@contextlib.contextmanager
+def _threads(nvox: int):
+    """Run the enclosed kernels single-threaded when ``nvox`` is small (results do not
+    depend on the thread count; only the time does)."""
+    if nvox >= PARALLEL_MIN_VOXELS:
+        yield
+        return
+    prev = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(prev)
 #: Intersections this near an integer position (index units) are decided by the values.
 _TIE = 1e-6
 
@@ -225,7 +248,8 @@ def edt_sq(features: np.ndarray, spacing, *, invert: bool = False, return_featur
     sp = np.asarray(spacing, float).reshape(3)
     if return_features and m.size >= 2**31:
         raise ValueError("feature indices are int32: at most 2**31 - 1 voxels")
-    sq, ft = _edt_sq(m, bool(invert), float(sp[0]), float(sp[1]), float(sp[2]), bool(return_features))
+    with _threads(m.size):
+        sq, ft = _edt_sq(m, bool(invert), float(sp[0]), float(sp[1]), float(sp[2]), bool(return_features))
     return (sq, ft) if return_features else sq
 
 
@@ -301,7 +325,8 @@ def pool_groups(labels: np.ndarray, stride, lut: np.ndarray, ngroups: int | None
         ngroups = int(lut.max()) + 1 if lut.size else 0
     if lut.size and int(lut.max()) >= ngroups:
         raise ValueError("lookup table names a group >= ngroups")
-    anyg, maxg, nonzero, seen_rows = _pool_groups(lab, st, cshape, lut, max(int(ngroups), 0))
+    with _threads(lab.size):
+        anyg, maxg, nonzero, seen_rows = _pool_groups(lab, st, cshape, lut, max(int(ngroups), 0))
     seen = seen_rows[:, : lut.size].any(axis=0)
     return anyg.view(np.bool_), maxg, nonzero.view(np.bool_), seen
 
@@ -340,7 +365,8 @@ def outside_distance(mask: np.ndarray, spacing, cap: float, *, return_features: 
     F = np.full(m.shape, np.inf, np.float32)
     ID = np.zeros(m.shape, np.int32)
     idx = np.arange(m.size, dtype=np.int32).reshape(m.shape)
-    _merge_group(sq, ft, m, idx, half, 0.0, float(cap), F, ID)
+    with _threads(m.size):
+        _merge_group(sq, ft, m, idx, half, 0.0, float(cap), F, ID)
     return (F, ID) if return_features else F
 
 
@@ -352,8 +378,9 @@ def merge_group(mask, labmax, spacing, margin: float, cap: float, F, ID) -> None
     m = _as3d(mask)
     sp = np.asarray(spacing, float).reshape(3)
     sq, ft = edt_sq(m, sp, return_features=True)
-    _merge_group(sq, ft, m, np.ascontiguousarray(labmax, np.int32), 0.5 * float(sp.min()), float(margin),
-                 float(cap), F, ID)
+    with _threads(m.size):
+        _merge_group(sq, ft, m, np.ascontiguousarray(labmax, np.int32), 0.5 * float(sp.min()), float(margin),
+                     float(cap), F, ID)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -448,4 +475,6 @@ def signed_distance(mask: np.ndarray, spacing, cap: float = np.inf) -> np.ndarra
         lo[ax] = max(int(nzr[0]) - 1, 0)
         sl.append(slice(int(lo[ax]), min(int(nzr[-1]) + 2, m.shape[ax])))
     sq_in = edt_sq(np.ascontiguousarray(m[tuple(sl)]), sp, invert=True)
-    return _sdf_finish(sq_out, sq_in, lo, m, float(sp[0]), float(sp[1]), float(sp[2]), 0.5 * float(sp.min()), float(cap))
+    with _threads(m.size):
+        return _sdf_finish(sq_out, sq_in, lo, m, float(sp[0]), float(sp[1]), float(sp[2]), 0.5 * float(sp.min()),
+                           float(cap))
