@@ -43,7 +43,7 @@ _INF = np.inf
 #: Arrays smaller than this (voxels) run the parallel kernels on the calling thread only.
 #: A parallel loop ends at a barrier: on a loaded machine a worker thread that has lost its
 #: core costs a scheduler time slice per loop, which small arrays cannot repay.
-PARALLEL_MIN_VOXELS = 1_000_000
+PARALLEL_MIN_VOXELS = 750_000
 
 
 @contextlib.contextmanager
