@@ -371,6 +371,161 @@ def test_determinism_and_order_independence(rng, sphere_md):
     np.testing.assert_array_equal(m2.segment_distance(p0, p1)[0], d1)
 
 
+# ------------------------------------------------------- mesh hierarchy construction
+def _ref_spread_bits(x):
+    x = x & np.uint64(0x1FFFFF)
+    x = (x | (x << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
+    x = (x | (x << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
+    x = (x | (x << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
+    x = (x | (x << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
+    x = (x | (x << np.uint64(2))) & np.uint64(0x1249249249249249)
+    return x
+
+
+def _ref_morton_codes(points):
+    lo = points.min(axis=0)
+    span = np.maximum(points.max(axis=0) - lo, 1e-12)
+    q = np.clip(((points - lo) / span * (2**21 - 1)).astype(np.int64), 0, 2**21 - 1).astype(np.uint64)
+    return (_ref_spread_bits(q[:, 0]) << np.uint64(2)) | (_ref_spread_bits(q[:, 1]) << np.uint64(1)) | _ref_spread_bits(q[:, 2])
+
+
+def _ref_build(vertices, faces, leaf_size=8):
+    """The former numpy construction of MeshDistance (per-triangle data and every level
+    with ``reduceat``), the reference of the compiled :mod:`planner.solve.bvh`."""
+    v = np.ascontiguousarray(np.asarray(vertices, float))
+    f = np.asarray(faces).astype(np.int64)
+    A, B, C = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    cen = (A + B + C) / 3.0
+    trad = np.max(np.stack([ex._norm(x - cen) for x in (A, B, C)]), axis=0)
+    tmin_all = np.minimum(np.minimum(A, B), C)
+    tmax_all = np.maximum(np.maximum(A, B), C)
+    nf = len(f)
+    leaf_size = max(int(leaf_size), 1)
+    depth = max(0, int(np.ceil(np.log2(nf / leaf_size)))) if nf > leaf_size else 0
+    order = np.argsort(_ref_morton_codes(cen), kind="stable").astype(np.int64)
+    tmin, tmax = tmin_all[order], tmax_all[order]
+    corners = np.stack([A[order], B[order], C[order]])
+    levels = []
+    for k in range(depth + 1):
+        nn = 1 << k
+        starts = (np.arange(nn, dtype=np.int64) * nf) // nn
+        counts = np.diff(np.append(starts, nf))
+        bmin = np.minimum.reduceat(tmin, starts, axis=0)
+        bmax = np.maximum.reduceat(tmax, starts, axis=0)
+        centre = 0.5 * (bmin + bmax)
+        node = np.repeat(np.arange(nn), counts)
+        rtri = ex._norm(corners - centre[node][None]).max(axis=0)
+        radius = np.maximum.reduceat(rtri, starts)
+        rep = cen[order[starts + counts // 2]]
+        levels.append(ex._Level(starts, counts, bmin, bmax, centre, radius, rep))
+    return {"A": A, "B": B, "C": C, "centroids": cen, "tri_radius": trad, "tri_min": tmin_all, "tri_max": tmax_all,
+            "bounds": np.stack([tmin_all.min(0), tmax_all.max(0)]), "order": order, "depth": depth, "levels": levels}
+
+
+def _assert_same_build(md, ref):
+    for k in ("A", "B", "C", "centroids", "tri_min", "tri_max", "bounds", "order"):
+        np.testing.assert_array_equal(getattr(md, k), ref[k], err_msg=k)
+    # radii are square roots of einsum sums in the reference: 1e-12 (bit-equal here)
+    np.testing.assert_allclose(md.tri_radius, ref["tri_radius"], rtol=0, atol=1e-12)
+    assert md.depth == ref["depth"] and len(md.levels) == len(ref["levels"])
+    for k, (lv, rl) in enumerate(zip(md.levels, ref["levels"])):
+        for name in ("starts", "counts", "bmin", "bmax", "centre", "rep"):
+            np.testing.assert_array_equal(getattr(lv, name), getattr(rl, name), err_msg=f"level {k} {name}")
+        np.testing.assert_allclose(lv.radius, rl.radius, rtol=0, atol=1e-12, err_msg=f"level {k} radius")
+    # the kernel's flat arrays are the levels concatenated in heap order
+    bmin, bmax, centre, radius, starts, counts = md._flat()
+    lv = ref["levels"]
+    np.testing.assert_array_equal(bmin, np.concatenate([x.bmin for x in lv]))
+    np.testing.assert_array_equal(bmax, np.concatenate([x.bmax for x in lv]))
+    np.testing.assert_array_equal(centre, np.concatenate([x.centre for x in lv]))
+    np.testing.assert_allclose(radius, np.concatenate([x.radius for x in lv]), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(starts, lv[-1].starts)
+    np.testing.assert_array_equal(counts, lv[-1].counts)
+    for a in (bmin, bmax, centre, radius, starts, counts):
+        assert a.flags.c_contiguous
+
+
+def _ref_kernel_distance(ref, p0, p1, bound=np.inf):
+    """The compiled query on the reference hierarchy (flat arrays as _flat used to build them)."""
+    from planner.solve import kernels
+
+    lv = ref["levels"]
+    flat = [np.ascontiguousarray(np.concatenate([getattr(x, n) for x in lv])) for n in ("bmin", "bmax", "centre", "radius")]
+    return kernels.bvh_segment_distance(
+        np.ascontiguousarray(p0), np.ascontiguousarray(p1), *flat, lv[-1].starts, lv[-1].counts, ref["depth"],
+        ref["order"], ref["A"], ref["B"], ref["C"], ref["centroids"], ref["tri_radius"], float(bound),
+    )
+
+
+def test_morton_order_matches_numpy(rng):
+    from planner.solve import bvh
+
+    for n in (1, 2, 7, 1000, 50_000):
+        pts = rng.normal(size=(n, 3)) * [30.0, 5.0, 80.0]
+        pts[rng.integers(0, n, n // 3)] = pts[0]  # repeated points: equal codes, stable order
+        codes = bvh.morton_codes(pts)
+        np.testing.assert_array_equal(codes, _ref_morton_codes(pts))
+        np.testing.assert_array_equal(bvh.morton_order(pts), np.argsort(codes, kind="stable"))
+    flat = rng.normal(size=(500, 3))
+    flat[:, 1] = 4.0  # zero span along one axis
+    np.testing.assert_array_equal(bvh.morton_codes(flat), _ref_morton_codes(flat))
+    for keys in (rng.integers(0, 2**63, 20_000, dtype=np.uint64), rng.integers(0, 5, 20_000).astype(np.uint64),
+                 np.full(100, 7, np.uint64), np.zeros(0, np.uint64)):
+        np.testing.assert_array_equal(bvh.stable_argsort_u64(keys), np.argsort(keys, kind="stable"))
+
+
+@pytest.mark.parametrize("leaf_size", [1, 2, 3, 8, 16])
+def test_mesh_build_matches_numpy_reference(rng, leaf_size):
+    cases = []
+    for nf in (1, 2, 3, 5, 8, 9, 17, 100, 1001, 5000):
+        cases.append((rng.normal(size=(nf + 5, 3)) * 30.0, rng.integers(0, nf + 5, (nf, 3))))
+    v = rng.normal(size=(50, 3))
+    cases.append((v, np.tile(rng.integers(0, 50, (40, 3)), (30, 1))))  # repeated faces: equal codes
+    v = rng.normal(size=(300, 3))
+    v[:, 2] = 5.0  # flat mesh
+    cases.append((v, rng.integers(0, 300, (700, 3))))
+    for v, f in cases:
+        md = ex.MeshDistance(v, f, leaf_size=leaf_size)
+        ref = _ref_build(v, f, leaf_size)
+        _assert_same_build(md, ref)
+        lo, hi = ref["bounds"]
+        p0, p1 = _random_segments(rng, 200, lo - 5.0, hi + 5.0, 40.0)
+        d_new, h_new = md.segment_distance(p0, p1)
+        d_ref, h_ref = _ref_kernel_distance(ref, p0, p1)
+        np.testing.assert_array_equal(d_new, d_ref)
+        np.testing.assert_array_equal(h_new, h_ref | (d_ref <= ex.TOUCH_MM))
+
+
+def test_mesh_build_matches_numpy_reference_sphere(rng, sphere_mesh, sphere_md):
+    ref = _ref_build(sphere_mesh.vertices, sphere_mesh.faces)
+    _assert_same_build(sphere_md, ref)
+    p0, p1 = _random_segments(rng, 2000, -30, 30, 50)
+    d_ref, _ = _ref_kernel_distance(ref, p0, p1)
+    np.testing.assert_array_equal(sphere_md.segment_distance(p0, p1)[0], d_ref)
+    # the level-by-level numpy traversal reads the levels (views of the flat arrays)
+    md_ref = ex.MeshDistance(sphere_mesh.vertices, sphere_mesh.faces)
+    md_ref._levels = ref["levels"]
+    np.testing.assert_array_equal(sphere_md.segment_distance(p0[:300], p1[:300], method="numpy")[0],
+                                  md_ref.segment_distance(p0[:300], p1[:300], method="numpy")[0])
+
+
+def test_mesh_build_matches_numpy_reference_phantom(rng, case_example_1mm):
+    from planner.meshing import read_mesh
+
+    for name in ("L3_body", "L3_posterior", "spinal_canal", "aorta"):
+        m = read_mesh(case_example_1mm / "meshes" / f"{name}.vtp")
+        md = ex.MeshDistance(np.asarray(m.vertices, float), np.asarray(m.faces))
+        ref = _ref_build(m.vertices, m.faces)
+        _assert_same_build(md, ref)
+        lo, hi = ref["bounds"]
+        p0, p1 = _random_segments(rng, 3000, lo - 10.0, hi + 10.0, 60.0)
+        for bound in (np.inf, 5.0):
+            d_new, h_new = md.segment_distance(p0, p1, max_distance=bound)
+            d_ref, h_ref = _ref_kernel_distance(ref, p0, p1, bound)
+            np.testing.assert_array_equal(d_new, d_ref)
+            np.testing.assert_array_equal(h_new, h_ref | (d_ref <= ex.TOUCH_MM))
+
+
 # --------------------------------------------------------------------- verify module
 def test_verify_screw_solids_match_recorded_sdf(rng):
     from planner.implants import Rod, Screw

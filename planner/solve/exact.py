@@ -78,6 +78,13 @@ def _kernels():
     return _KERNELS or None
 
 
+def _bvh():
+    """:mod:`planner.solve.bvh`, the compiled hierarchy construction (numba is required)."""
+    from planner.solve import bvh
+
+    return bvh
+
+
 def _f64(x) -> Array:
     return np.asarray(x, dtype=np.float64)
 
@@ -477,25 +484,6 @@ def segment_triangle_distance(p0, p1, a, b, c) -> tuple[Array, Array]:
 
 
 # ---------------------------------------------------------------------------------- mesh
-def _spread_bits(x: Array) -> Array:
-    """Spread the low 21 bits of ``x`` (uint64) to every third bit."""
-    x = x & np.uint64(0x1FFFFF)
-    x = (x | (x << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
-    x = (x | (x << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
-    x = (x | (x << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
-    x = (x | (x << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
-    x = (x | (x << np.uint64(2))) & np.uint64(0x1249249249249249)
-    return x
-
-
-def _morton_codes(points: Array) -> Array:
-    """63-bit Morton codes (uint64) of points (n, 3), 21 bits per axis over their bounds."""
-    lo = points.min(axis=0)
-    span = np.maximum(points.max(axis=0) - lo, 1e-12)
-    q = np.clip(((points - lo) / span * (2**21 - 1)).astype(np.int64), 0, 2**21 - 1).astype(np.uint64)
-    return (_spread_bits(q[:, 0]) << np.uint64(2)) | (_spread_bits(q[:, 1]) << np.uint64(1)) | _spread_bits(q[:, 2])
-
-
 class _Level:
     """Nodes of one level of the implicit BVH (arrays indexed by node)."""
 
@@ -515,7 +503,7 @@ class MeshDistance:
     """Exact distances from segments and points to a closed triangle mesh (LPS mm).
 
     Built once per mesh (e.g. a marching-cubes surface of an anatomical structure, tens of
-    thousands of faces).  Culling uses an implicit, balanced bounding-volume hierarchy
+    thousands of faces; construction is compiled, :mod:`planner.solve.bvh`).  Culling uses an implicit, balanced bounding-volume hierarchy
     (triangles sorted once by the Morton code of their centroids, nodes = runs; every node has an
     axis-aligned box, a bounding sphere and a representative surface point, the centroid
     of one of its triangles).  Queries traverse it depth first in compiled code
@@ -548,21 +536,14 @@ class MeshDistance:
             raise ValueError(f"vertices must be (V, 3), got {v.shape}")
         if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
             raise ValueError(f"faces must be (F>0, 3), got {f.shape}")
-        f = f.astype(np.int64)
+        f = np.array(f, dtype=np.int64, order="C")  # own copy
         if f.min() < 0 or f.max() >= len(v):
             raise ValueError("face indices out of range")
         self.vertices = v
         self.faces = f
-        self.A = v[f[:, 0]]
-        self.B = v[f[:, 1]]
-        self.C = v[f[:, 2]]
-        self.centroids = (self.A + self.B + self.C) / 3.0
-        self.tri_radius = np.max(
-            np.stack([_norm(x - self.centroids) for x in (self.A, self.B, self.C)]), axis=0
-        )
-        self.tri_min = np.minimum(np.minimum(self.A, self.B), self.C)
-        self.tri_max = np.maximum(np.maximum(self.A, self.B), self.C)
-        self.bounds = np.stack([self.tri_min.min(0), self.tri_max.max(0)])
+        bvh = _bvh()
+        self.A, self.B, self.C, self.centroids, self.tri_radius, self.bounds = bvh.triangle_data(v, f)
+        self._tri_box = None
         self._build_bvh(max(int(leaf_size), 1))
         self._grid = None
 
@@ -572,31 +553,52 @@ class MeshDistance:
         return (np.arange(n_nodes, dtype=np.int64) * n_items) // n_nodes
 
     def _build_bvh(self, leaf_size: int) -> None:
+        """Implicit balanced hierarchy over the triangles in Morton order of their centroids
+        (compiled, :mod:`planner.solve.bvh`): node arrays flattened over the levels in heap
+        order (the layout of :meth:`_flat`); :attr:`levels` views them per level."""
         nf = len(self.faces)
         depth = max(0, int(math.ceil(math.log2(nf / leaf_size)))) if nf > leaf_size else 0
-        cen = self.centroids
-        # triangles in Morton (Z-order) of their centroids: one sort, and every node of the
-        # implicit balanced tree is a spatially compact run of it
-        order = np.argsort(_morton_codes(cen), kind="stable").astype(np.int64)
-        self.order = order
+        bvh = _bvh()
+        # triangles in Morton (Z-order) of their centroids: one stable sort, and every node
+        # of the implicit balanced tree is a spatially compact run of it
+        self.order = bvh.morton_order(self.centroids)
         self.depth = depth
-        tmin = self.tri_min[order]
-        tmax = self.tri_max[order]
-        corners = np.stack([self.A[order], self.B[order], self.C[order]])
-        levels = []
-        for k in range(depth + 1):
-            nn = 1 << k
-            starts = self._starts(nf, nn)
-            counts = np.diff(np.append(starts, nf))
-            bmin = np.minimum.reduceat(tmin, starts, axis=0)
-            bmax = np.maximum.reduceat(tmax, starts, axis=0)
-            centre = 0.5 * (bmin + bmax)
-            node = np.repeat(np.arange(nn), counts)
-            rtri = _norm(corners - centre[node][None]).max(axis=0)
-            radius = np.maximum.reduceat(rtri, starts)
-            rep = cen[order[starts + counts // 2]]
-            levels.append(_Level(starts, counts, bmin, bmax, centre, radius, rep))
-        self.levels = levels
+        self._flat_cache = bvh.build_tree(depth, self.order, self.vertices, self.faces)
+        self._levels = None
+
+    def _tri_boxes(self) -> tuple[Array, Array]:
+        if self._tri_box is None:
+            A, B, C = self.A, self.B, self.C
+            self._tri_box = (np.minimum(np.minimum(A, B), C), np.maximum(np.maximum(A, B), C))
+        return self._tri_box
+
+    @property
+    def tri_min(self) -> Array:
+        """Per-triangle box corner (F, 3), ``min(A, B, C)`` (computed on first use)."""
+        return self._tri_boxes()[0]
+
+    @property
+    def tri_max(self) -> Array:
+        """Per-triangle box corner (F, 3), ``max(A, B, C)`` (computed on first use)."""
+        return self._tri_boxes()[1]
+
+    @property
+    def levels(self) -> list[_Level]:
+        """Nodes per level (views of the flat arrays; ``rep`` = the centroid of each node's
+        middle triangle), for the level-by-level numpy traversal."""
+        if self._levels is None:
+            bmin, bmax, centre, radius = self._flat_cache[:4]
+            nf = len(self.faces)
+            levels = []
+            for k in range(self.depth + 1):
+                nn = 1 << k
+                g = slice(nn - 1, 2 * nn - 1)
+                starts = self._starts(nf, nn)
+                counts = np.diff(np.append(starts, nf))
+                rep = self.centroids[self.order[starts + counts // 2]]
+                levels.append(_Level(starts, counts, bmin[g], bmax[g], centre[g], radius[g], rep))
+            self._levels = levels
+        return self._levels
 
     # ---- segment queries --------------------------------------------------------------
     def _query(self, p0: Array, p1: Array, bound: float, shrink: float = 1.0) -> tuple[Array, Array]:
@@ -653,17 +655,8 @@ class MeshDistance:
         return dist, hit
 
     def _flat(self):
-        """Node arrays flattened over the levels in heap order (for the compiled kernel)."""
-        if getattr(self, "_flat_cache", None) is None:
-            lv = self.levels
-            self._flat_cache = (
-                np.ascontiguousarray(np.concatenate([x.bmin for x in lv])),
-                np.ascontiguousarray(np.concatenate([x.bmax for x in lv])),
-                np.ascontiguousarray(np.concatenate([x.centre for x in lv])),
-                np.ascontiguousarray(np.concatenate([x.radius for x in lv])),
-                np.ascontiguousarray(lv[-1].starts.astype(np.int64)),
-                np.ascontiguousarray(lv[-1].counts.astype(np.int64)),
-            )
+        """Node arrays flattened over the levels in heap order (for the compiled kernel):
+        ``bmin, bmax, centre`` (N, 3), ``radius`` (N,), leaf ``starts, counts`` (int64)."""
         return self._flat_cache
 
     def segment_distance(self, p0, p1, max_distance: float = np.inf, chunk: int = 2048, method: str = "auto") -> tuple[Array, Array]:
