@@ -137,8 +137,9 @@ class SolverOptions:
         (2 mm [U]).
     visibility_top_n : int
         With ``weights["visibility"] > 0``: how many of each level's best candidates (plus
-        the recommended ones) get a C-arm view search (:func:`planner.fluoro.views.
-        visibility_score`, about 0.4 s each) whose best view's visibility enters the score.
+        the recommended ones) get a C-arm view search over 629 poses
+        (:func:`planner.fluoro.views.visibility_score`, 0.1-1 s each on the 2-core benchmark
+        machine, depending on its load) whose best view's visibility enters the score.
         3 [U].
     coaxial_guide : str or None
         Coaxial technique: a thinner guide needle (an instrument name, e.g. ``"needle_13g"``)

@@ -814,10 +814,12 @@ def _fill_visibility(scene: Scene, lv: dict[str, Any], opt: SolverOptions) -> No
     their score; the ranking and the recommendation are redone with it.
 
     Each of the ``opt.visibility_top_n`` best candidates and the recommended ones gets a
-    C-arm view search (hardware overlap on the needle path, its tip and the posterior body
-    wall over 425 poses); ``metrics.fluoro_visibility`` records the best view, the score term
+    C-arm view search over 629 poses (:class:`planner.fluoro.views.ViewSearchSettings`:
+    hardware overlap on the needle path, its tip and the posterior body wall between the
+    pedicles); ``metrics.fluoro_visibility`` records the best view, the score term
     ``visibility`` is ``1 - overlap`` of it.  A curved-needle-only candidate is seen as its
-    cannula plus the chosen arc.
+    cannula plus the chosen arc, its tip the arc's end (the curved stylet's working tip);
+    any other candidate as the straight needle to its target.
     """
     from planner.fluoro.views import Trajectory, plan_views, posterior_wall_points
 
