@@ -256,7 +256,7 @@ def _segment_cylinder(p0, p1, a, b, radius, tol_mm):
 
 
 @njit(cache=True, parallel=True)
-def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm):
+def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap=np.inf):
     """Clearance of each segment to its nearest solid, and that solid's index.
 
     Solids ``k``: ``kind[k]`` 0 = flat-capped cylinder ``sa[k]``-``sb[k]``, 1 = tube along
@@ -267,6 +267,10 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     cylinders in the order of their capsule lower bounds, each evaluated exactly only when
     that bound beats the best.  Among solids at exactly the same distance the lowest index
     is reported, whatever the visiting order.  Segments run in parallel (independent).
+
+    ``cap``: a segment whose clearance is not below ``cap`` gets exactly ``cap`` and index
+    -1 (solids are pruned against it from the start); below ``cap`` the result is the
+    same as without it, value and index.
     """
     n = P0.shape[0]
     m = kind.shape[0]
@@ -275,7 +279,7 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     for s in prange(n):
         p0 = P0[s]
         p1 = P1[s]
-        best = np.inf
+        best = cap
         arg = -1
         lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
         hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
@@ -468,3 +472,32 @@ def trace_candidates(T, D, body, ML, oL, skin, F, MG, oG, hiG, smin, reach, radi
         else:
             f_in[s] = np.float32(np.inf)
     return t_body, t_skin, t_can, f_out, t_out, f_in, t_in
+
+
+@njit(cache=True, parallel=True)
+def route_samples(T, D, t_body, side, ped_left, ped_right, body, M, o, k):
+    """Samples behind each candidate's body entry, for its route: at ``T + (t_body + k_j) D``
+    (LPS mm) the own-side pedicle's and the body's signed distances (trilinear, as
+    :func:`trilinear`, on the local grid ``M``, ``o``).  Returns per candidate the number
+    of samples inside the own pedicle (``side`` 0 = left, 1 = right) and whether any is
+    more than 0.5 mm back inside the body (a re-entry).  Candidates run in parallel.
+    """
+    n = T.shape[0]
+    count = np.zeros(n, np.int64)
+    reentry = np.zeros(n, np.bool_)
+    for s in prange(n):
+        ped = ped_left if side[s] == 0 else ped_right
+        c = 0
+        re = False
+        for j in range(k.shape[0]):
+            t = t_body[s] + k[j]
+            x = T[s, 0] + t * D[s, 0]
+            y = T[s, 1] + t * D[s, 1]
+            z = T[s, 2] + t * D[s, 2]
+            if _tri1(ped, M, o, x, y, z) < 0.0:
+                c += 1
+            if _tri1(body, M, o, x, y, z) < -0.5:
+                re = True
+        count[s] = c
+        reentry[s] = re
+    return count, reentry

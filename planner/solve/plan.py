@@ -284,7 +284,7 @@ def _packed_solids(solids) -> tuple:
     return kind, sa, sb, rad, poly, start, count, bmin, bmax
 
 
-def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray, cap: float = np.inf) -> tuple[np.ndarray, list[str]]:
     """Exact axis clearance (mm) of segments ``p0``-``p1`` (n, 3) to the nearest implant
     solid of the scene, with that solid's name (``+inf`` and "" when there are no solids).
 
@@ -292,7 +292,8 @@ def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray) -> tuple[np.n
     (screw shank, tulip) is evaluated exactly (golden-section search of its convex signed
     distance along the segment, to 1e-4 mm) only where its capsule, a lower bound, beats
     the best so far.  Compiled (:func:`planner.solve.kernels.segment_solids_distance`);
-    the numpy functions of :mod:`planner.solve.exact` are the reference.
+    the numpy functions of :mod:`planner.solve.exact` are the reference.  Clearances not
+    below ``cap`` come back as ``cap`` with no name (below it they are unchanged).
     """
     from planner.solve import kernels
 
@@ -305,7 +306,7 @@ def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray) -> tuple[np.n
     packed = scene.__dict__.get("_packed_solids")
     if packed is None:
         packed = scene._packed_solids = _packed_solids(solids)
-    d, who = kernels.segment_solids_distance(p0, p1, *packed, 1e-4)
+    d, who = kernels.segment_solids_distance(p0, p1, *packed, 1e-4, float(cap))
     return d, [solids[k].name if k >= 0 else "" for k in who]
 
 
@@ -357,9 +358,13 @@ def curved_arcs(scene: Scene, geo: LevelGeometry, fields: LevelFields, tips: np.
     body = fields.local.sample(fields.body, P.reshape(-1, 3)).reshape(n, B, n_pts)
     chord = Lmax / (n_pts - 1)
     sagitta = chord**2 / (8.0 * R)
-    d_hw, hw_names = solid_clearances(scene, P[:, :, :-1].reshape(-1, 3), P[:, :, 1:].reshape(-1, 3))
-    d_hw = (d_hw - sagitta).reshape(n, B, n_pts - 1)
     need_hw = float(curved.radius_mm) + opt.margins["hardware"]
+    # the safety test only needs to know which chords clear need_hw: clearances are capped
+    # just above it (exact below the cap); the chosen arc's chords are measured uncapped
+    cap = need_hw + sagitta + 1.0
+    c0, c1 = P[:, :, :-1].reshape(-1, 3), P[:, :, 1:].reshape(-1, 3)
+    d_hw = solid_clearances(scene, c0, c1, cap)[0]
+    d_hw = (d_hw - sagitta).reshape(n, B, n_pts - 1)
     # an arc of length L is safe when every point and chord up to L is
     inside_ok = np.minimum.accumulate(body <= -opt.target_margin_mm, axis=2)
     hw_ok = np.concatenate([np.ones((n, B, 1), bool), np.minimum.accumulate(d_hw >= need_hw, axis=2)], axis=2)
@@ -388,7 +393,9 @@ def curved_arcs(scene: Scene, geo: LevelGeometry, fields: LevelFields, tips: np.
         key = np.where(ok, zone[i] * 1000.0 + (-u_end[i]), -np.inf)
         b, j = np.unravel_index(int(np.argmax(key)), key.shape)
         k = int(kidx[j])
-        seg_hw = d_hw[i, b, :k]
+        rows = (i * B + b) * (n_pts - 1) + np.arange(k)
+        seg_hw, seg_names = solid_clearances(scene, c0[rows], c1[rows])
+        seg_hw = seg_hw - sagitta
         i_min = int(np.argmin(seg_hw))
         step = max(1, k // 6)
         path = [_pt(q) for q in P[i, b, : k + 1 : step]]
@@ -403,7 +410,7 @@ def curved_arcs(scene: Scene, geo: LevelGeometry, fields: LevelFields, tips: np.
                 "tip_lps_mm": _pt(P[i, b, k]),
                 "path_lps_mm": path,
                 "hardware_clearance_mm": _r(float(seg_hw[i_min]) - float(curved.radius_mm)),
-                "closest_hardware": hw_names[(i * B + b) * (n_pts - 1) + i_min],
+                "closest_hardware": seg_names[i_min],
                 "body_depth_min_mm": _r(float(-body[i, b, : k + 1].max()), 2),
             },
         })

@@ -553,12 +553,18 @@ class Scene:
                 except (OSError, ValueError):
                     man = {}
             self._manifest = man
+        cache = self.__dict__.setdefault("_bounds", {})
+        if name in cache:
+            return cache[name]
         entry = man.get(name)
         if entry and "bounds_lps_mm" in entry and name not in self._meshes:
             b = np.asarray(entry["bounds_lps_mm"], float)
-            return b + np.array([[-1e-3], [1e-3]])  # the manifest rounds to 1e-3 mm: stay conservative
-        m = self.mesh(name)
-        return None if m is None or len(m.faces) == 0 else np.asarray(m.bounds, float)
+            b = b + np.array([[-1e-3], [1e-3]])  # the manifest rounds to 1e-3 mm: stay conservative
+        else:
+            m = self.mesh(name)
+            b = None if m is None or len(m.faces) == 0 else np.array([m.vertices.min(0), m.vertices.max(0)], float)
+        cache[name] = b
+        return b
 
     def mesh_distance(self, name: str):
         """Cached :class:`planner.solve.exact.MeshDistance` of a structure (None if absent)."""

@@ -150,7 +150,7 @@ def evaluate(
     curved-needle cannula stops ``CANNULA_IN_BODY_MM`` inside the body).
     """
     n = len(T)
-    T = np.asarray(T, float).reshape(-1, 3)
+    T = np.ascontiguousarray(np.asarray(T, float).reshape(-1, 3))
     D = np.asarray(D, float).reshape(-1, 3)
     if n == 0:
         z = np.zeros(0)
@@ -181,16 +181,12 @@ def evaluate(
     f_id = grid.nearest(fields.ID, fp)
     # 4. route: pedicle passage behind the body entry, then where the body is entered
     k = np.arange(1.0, 25.0, 2.0)
-    pts = (T[:, None, :] + (t_body[:, None, None] + k[None, :, None]) * D[:, None, :]).reshape(-1, 3)
-    sides = np.unique(side)
-    own = np.empty((n, len(k)), np.float32)
-    for sd in sides:
-        sel = side == sd
-        m = np.repeat(sel, len(k))
-        own[sel] = fields.local.sample(fields.pedicle["left" if sd == 0 else "right"], pts[m]).reshape(-1, len(k))
-    pedicle_mm = 2.0 * (own < 0.0).sum(1).astype(float)  # 2 mm samples
-    body_after = fields.local.sample(fields.body, pts).reshape(n, -1)
-    reentry = (body_after < -0.5).any(1)
+    loc = fields.local
+    inside_ped, reentry = kernels.route_samples(
+        T, np.ascontiguousarray(D), np.ascontiguousarray(t_body, dtype=np.float64), np.ascontiguousarray(side, dtype=np.int64),
+        np.ascontiguousarray(fields.pedicle["left"], dtype=f32), np.ascontiguousarray(fields.pedicle["right"], dtype=f32),
+        np.ascontiguousarray(fields.body, dtype=f32), loc._M, loc._o, k)
+    pedicle_mm = 2.0 * inside_ped.astype(float)  # 2 mm samples
     be = geo.to_local(T + t_body[:, None] * D)
     sgn = np.where(side == 0, 1.0, -1.0)
     route = np.full(n, 1, np.int8)
