@@ -690,7 +690,8 @@ class MeshDistance:
         kern = _kernels() if method in ("auto", "compiled") else None
         if kern is not None:
             bmin, bmax, centre, radius, starts, counts = self._flat()
-            dist, hit = kern.bvh_segment_distance(
+            fn = kern.bvh_segment_distance_serial if n < kern.SERIAL_BELOW_MESH else kern.bvh_segment_distance
+            dist, hit = fn(
                 np.ascontiguousarray(p0), np.ascontiguousarray(p1), bmin, bmax, centre, radius, starts, counts,
                 int(self.depth), self.order, self.A, self.B, self.C, self.centroids, self.tri_radius, float(max_distance),
             )
@@ -975,7 +976,8 @@ class MeshDistance:
         if kern is not None:
             bmin, bmax, centre, radius, starts, counts = self._flat()
             q = np.ascontiguousarray(p)
-            return kern.bvh_segment_distance(
+            fn = kern.bvh_segment_distance_serial if len(q) < kern.SERIAL_BELOW_MESH else kern.bvh_segment_distance
+            return fn(
                 q, q, bmin, bmax, centre, radius, starts, counts, int(self.depth), self.order,
                 self.A, self.B, self.C, self.centroids, self.tri_radius, np.inf, 1.0 - float(rel_tol),
             )[0]

@@ -32,6 +32,13 @@ from numba import njit, prange
 _GOLD = (math.sqrt(5.0) - 1.0) / 2.0
 TOUCH_MM = 1e-9
 
+#: Queries with fewer segments than this run on the calling thread (the ``_serial``
+#: kernels): starting the worker threads of a parallel loop costs more than the work of a
+#: few segments, and on a loaded machine each start can wait a scheduler time slice.  The
+#: results are the same either way (segments are independent).
+SERIAL_BELOW_MESH = 48
+SERIAL_BELOW_SOLIDS = 256
+
 
 @njit(cache=True, inline="always")
 def _dot(a0, a1, a2, b0, b1, b2):
@@ -139,6 +146,59 @@ def _segment_triangle(p0, p1, a, b, c):
     return d, d <= TOUCH_MM
 
 
+@njit(cache=True, inline="always")
+def _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf):
+    """One segment of :func:`bvh_segment_distance`: (distance, touches)."""
+    touched = False
+    stack = np.empty(64 + 2 * (depth + 1), np.int64)
+    p0 = P0[s]
+    p1 = P1[s]
+    lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
+    hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+    best = bound
+    top = 0
+    stack[0] = 0
+    top = 1
+    while top > 0:
+        top -= 1
+        g = stack[top]
+        gx = max(max(bmin[g, 0] - hi0, lo0 - bmax[g, 0]), 0.0)
+        gy = max(max(bmin[g, 1] - hi1, lo1 - bmax[g, 1]), 0.0)
+        gz = max(max(bmin[g, 2] - hi2, lo2 - bmax[g, 2]), 0.0)
+        lb = math.sqrt(gx * gx + gy * gy + gz * gz)
+        if lb > shrink * best:
+            continue
+        sp = _point_segment(centre[g, 0], centre[g, 1], centre[g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[g]
+        if sp > shrink * best:
+            continue
+        if g >= first_leaf:
+            i = g - first_leaf
+            for q in range(starts[i], starts[i] + counts[i]):
+                t = order[q]
+                lbt = _point_segment(tri_c[t, 0], tri_c[t, 1], tri_c[t, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - tri_r[t]
+                if lbt > shrink * best:
+                    continue
+                d, h = _segment_triangle(p0, p1, A[t], B[t], C[t])
+                if h:
+                    touched = True
+                if d < best:
+                    best = d
+        else:
+            c1 = 2 * g + 1
+            c2 = c1 + 1
+            # push the farther child first so the nearer is visited first
+            d1 = _point_segment(centre[c1, 0], centre[c1, 1], centre[c1, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+            d2 = _point_segment(centre[c2, 0], centre[c2, 1], centre[c2, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+            if d1 <= d2:
+                stack[top] = c2
+                stack[top + 1] = c1
+            else:
+                stack[top] = c1
+                stack[top + 1] = c2
+            top += 2
+    return best, touched
+
+
 @njit(cache=True, parallel=True)
 def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink=1.0):
     """Exact distance of segments ``P0``-``P1`` (n, 3) to a mesh, and whether they touch it.
@@ -157,53 +217,19 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
     hit = np.zeros(n, np.bool_)
     first_leaf = (1 << depth) - 1
     for s in prange(n):  # segments are independent
-        stack = np.empty(64 + 2 * (depth + 1), np.int64)
-        p0 = P0[s]
-        p1 = P1[s]
-        lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
-        hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
-        best = bound
-        top = 0
-        stack[0] = 0
-        top = 1
-        while top > 0:
-            top -= 1
-            g = stack[top]
-            gx = max(max(bmin[g, 0] - hi0, lo0 - bmax[g, 0]), 0.0)
-            gy = max(max(bmin[g, 1] - hi1, lo1 - bmax[g, 1]), 0.0)
-            gz = max(max(bmin[g, 2] - hi2, lo2 - bmax[g, 2]), 0.0)
-            lb = math.sqrt(gx * gx + gy * gy + gz * gz)
-            if lb > shrink * best:
-                continue
-            sp = _point_segment(centre[g, 0], centre[g, 1], centre[g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[g]
-            if sp > shrink * best:
-                continue
-            if g >= first_leaf:
-                i = g - first_leaf
-                for q in range(starts[i], starts[i] + counts[i]):
-                    t = order[q]
-                    lbt = _point_segment(tri_c[t, 0], tri_c[t, 1], tri_c[t, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - tri_r[t]
-                    if lbt > shrink * best:
-                        continue
-                    d, h = _segment_triangle(p0, p1, A[t], B[t], C[t])
-                    if h:
-                        hit[s] = True
-                    if d < best:
-                        best = d
-            else:
-                c1 = 2 * g + 1
-                c2 = c1 + 1
-                # push the farther child first so the nearer is visited first
-                d1 = _point_segment(centre[c1, 0], centre[c1, 1], centre[c1, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
-                d2 = _point_segment(centre[c2, 0], centre[c2, 1], centre[c2, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
-                if d1 <= d2:
-                    stack[top] = c2
-                    stack[top + 1] = c1
-                else:
-                    stack[top] = c1
-                    stack[top + 1] = c2
-                top += 2
-        dist[s] = best
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf)
+    return dist, hit
+
+
+@njit(cache=True)
+def bvh_segment_distance_serial(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink=1.0):
+    """:func:`bvh_segment_distance` on the calling thread (few segments: no thread start-up)."""
+    n = P0.shape[0]
+    dist = np.full(n, bound)
+    hit = np.zeros(n, np.bool_)
+    first_leaf = (1 << depth) - 1
+    for s in range(n):
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf)
     return dist, hit
 
 
@@ -255,6 +281,71 @@ def _segment_cylinder(p0, p1, a, b, radius, tol_mm):
     return best
 
 
+@njit(cache=True, inline="always")
+def _solids_one(s, P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap):
+    """One segment of :func:`segment_solids_distance`: (clearance, solid index)."""
+    m = kind.shape[0]
+    p0 = P0[s]
+    p1 = P1[s]
+    best = cap
+    arg = -1
+    lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
+    hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+    gaps = np.empty(m)
+    for k in range(m):
+        gx = max(max(sbmin[k, 0] - hi0, lo0 - sbmax[k, 0]), 0.0)
+        gy = max(max(sbmin[k, 1] - hi1, lo1 - sbmax[k, 1]), 0.0)
+        gz = max(max(sbmin[k, 2] - hi2, lo2 - sbmax[k, 2]), 0.0)
+        gaps[k] = math.sqrt(gx * gx + gy * gy + gz * gz)
+    for k in range(m):
+        if kind[k] != 1:
+            continue
+        gap = gaps[k]
+        if gap > 0.0 and (gap > best or (gap == best and k > arg)):  # at least the gap away
+            continue
+        j0 = poly_start[k]
+        cnt = poly_count[k]
+        if cnt == 1:
+            d = _point_segment(poly[j0, 0], poly[j0, 1], poly[j0, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - srad[k]
+        else:
+            d = np.inf
+            for j in range(j0, j0 + cnt - 1):
+                q0 = poly[j]
+                q1 = poly[j + 1]
+                mx, my, mz = 0.5 * (q0[0] + q1[0]), 0.5 * (q0[1] + q1[1]), 0.5 * (q0[2] + q1[2])
+                hx, hy, hz = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
+                half = 0.5 * math.sqrt(hx * hx + hy * hy + hz * hz)
+                if _point_segment(mx, my, mz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - half >= min(d, best + srad[k]):
+                    continue
+                d = min(d, _segment_segment(p0, p1, q0, q1))
+            d -= srad[k]
+        if d < best or (d == best and k < arg):
+            best = d
+            arg = k
+    # cylinders: capsule lower bounds first (cheap), then exact ones nearest first
+    lbs = np.full(m, np.inf)
+    for k in range(m):
+        if kind[k] == 1:
+            continue
+        gap = gaps[k]
+        if gap > 0.0 and (gap > best or (gap == best and k > arg)):
+            continue
+        lbs[k] = _segment_segment(p0, p1, sa[k], sb[k]) - srad[k]
+    order = np.argsort(lbs, kind="mergesort")
+    for q in range(m):
+        k = order[q]
+        lb = lbs[k]
+        if lb == np.inf:
+            break
+        if lb > best or (lb == best and k > arg):
+            continue
+        d = _segment_cylinder(p0, p1, sa[k], sb[k], srad[k], tol_mm)
+        if d < best or (d == best and k < arg):
+            best = d
+            arg = k
+    return best, arg
+
+
 @njit(cache=True, parallel=True)
 def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap=np.inf):
     """Clearance of each segment to its nearest solid, and that solid's index.
@@ -277,66 +368,18 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     out = np.full(n, np.inf)
     who = np.full(n, -1, np.int64)
     for s in prange(n):
-        p0 = P0[s]
-        p1 = P1[s]
-        best = cap
-        arg = -1
-        lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
-        hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
-        gaps = np.empty(m)
-        for k in range(m):
-            gx = max(max(sbmin[k, 0] - hi0, lo0 - sbmax[k, 0]), 0.0)
-            gy = max(max(sbmin[k, 1] - hi1, lo1 - sbmax[k, 1]), 0.0)
-            gz = max(max(sbmin[k, 2] - hi2, lo2 - sbmax[k, 2]), 0.0)
-            gaps[k] = math.sqrt(gx * gx + gy * gy + gz * gz)
-        for k in range(m):
-            if kind[k] != 1:
-                continue
-            gap = gaps[k]
-            if gap > 0.0 and (gap > best or (gap == best and k > arg)):  # at least the gap away
-                continue
-            j0 = poly_start[k]
-            cnt = poly_count[k]
-            if cnt == 1:
-                d = _point_segment(poly[j0, 0], poly[j0, 1], poly[j0, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - srad[k]
-            else:
-                d = np.inf
-                for j in range(j0, j0 + cnt - 1):
-                    q0 = poly[j]
-                    q1 = poly[j + 1]
-                    mx, my, mz = 0.5 * (q0[0] + q1[0]), 0.5 * (q0[1] + q1[1]), 0.5 * (q0[2] + q1[2])
-                    hx, hy, hz = q1[0] - q0[0], q1[1] - q0[1], q1[2] - q0[2]
-                    half = 0.5 * math.sqrt(hx * hx + hy * hy + hz * hz)
-                    if _point_segment(mx, my, mz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - half >= min(d, best + srad[k]):
-                        continue
-                    d = min(d, _segment_segment(p0, p1, q0, q1))
-                d -= srad[k]
-            if d < best or (d == best and k < arg):
-                best = d
-                arg = k
-        # cylinders: capsule lower bounds first (cheap), then exact ones nearest first
-        lbs = np.full(m, np.inf)
-        for k in range(m):
-            if kind[k] == 1:
-                continue
-            gap = gaps[k]
-            if gap > 0.0 and (gap > best or (gap == best and k > arg)):
-                continue
-            lbs[k] = _segment_segment(p0, p1, sa[k], sb[k]) - srad[k]
-        order = np.argsort(lbs, kind="mergesort")
-        for q in range(m):
-            k = order[q]
-            lb = lbs[k]
-            if lb == np.inf:
-                break
-            if lb > best or (lb == best and k > arg):
-                continue
-            d = _segment_cylinder(p0, p1, sa[k], sb[k], srad[k], tol_mm)
-            if d < best or (d == best and k < arg):
-                best = d
-                arg = k
-        out[s] = best
-        who[s] = arg
+        out[s], who[s] = _solids_one(s, P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap)
+    return out, who
+
+
+@njit(cache=True)
+def segment_solids_distance_serial(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap=np.inf):
+    """:func:`segment_solids_distance` on the calling thread (few segments: no thread start-up)."""
+    n = P0.shape[0]
+    out = np.full(n, np.inf)
+    who = np.full(n, -1, np.int64)
+    for s in range(n):
+        out[s], who[s] = _solids_one(s, P0, P1, kind, sa, sb, srad, poly, poly_start, poly_count, sbmin, sbmax, tol_mm, cap)
     return out, who
 
 

@@ -306,7 +306,8 @@ def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray, cap: float = 
     packed = scene.__dict__.get("_packed_solids")
     if packed is None:
         packed = scene._packed_solids = _packed_solids(solids)
-    d, who = kernels.segment_solids_distance(p0, p1, *packed, 1e-4, float(cap))
+    fn = kernels.segment_solids_distance_serial if n < kernels.SERIAL_BELOW_SOLIDS else kernels.segment_solids_distance
+    d, who = fn(p0, p1, *packed, 1e-4, float(cap))
     return d, [solids[k].name if k >= 0 else "" for k in who]
 
 
