@@ -601,9 +601,9 @@ class MeshDistance:
         return self._levels
 
     # ---- segment queries --------------------------------------------------------------
-    def _query(self, p0: Array, p1: Array, bound: float, shrink: float = 1.0) -> tuple[Array, Array]:
+    def _query(self, p0: Array, p1: Array, bound, shrink: float = 1.0) -> tuple[Array, Array]:
         n = len(p0)
-        dist = np.full(n, float(bound))
+        dist = np.broadcast_to(np.asarray(bound, float), (n,)).copy()  # a scalar or one per segment
         hit = np.zeros(n, dtype=bool)
         if n == 0:
             return dist, hit
@@ -666,9 +666,9 @@ class MeshDistance:
         ----------
         p0, p1 : (n, 3) float
             Segment end points, LPS mm (``p0 == p1``: a point).
-        max_distance : float
-            Cull distance, mm: segments farther than this get exactly ``max_distance``
-            (a lower bound); below it the distance is exact.
+        max_distance : float or (n,) float
+            Cull distance, mm (one for all or one per segment): segments farther than this
+            get exactly ``max_distance`` (a lower bound); below it the distance is exact.
         chunk : int
             Segments processed per batch (memory bound only; results do not depend on it).
         method : {"auto", "compiled", "numpy"}
@@ -684,16 +684,17 @@ class MeshDistance:
             The segment crosses or touches the surface (distance ``<= TOUCH_MM``).
         """
         p0, p1 = _segments(p0, p1)
-        if not max_distance >= 0:
-            raise ValueError("max_distance must be >= 0")
         n = len(p0)
+        bound = np.broadcast_to(np.asarray(max_distance, float), (n,))
+        if not np.all(bound >= 0):
+            raise ValueError("max_distance must be >= 0")
         kern = _kernels() if method in ("auto", "compiled") else None
         if kern is not None:
             bmin, bmax, centre, radius, starts, counts = self._flat()
             fn = kern.bvh_segment_distance_serial if n < kern.SERIAL_BELOW_MESH else kern.bvh_segment_distance
             dist, hit = fn(
                 np.ascontiguousarray(p0), np.ascontiguousarray(p1), bmin, bmax, centre, radius, starts, counts,
-                int(self.depth), self.order, self.A, self.B, self.C, self.centroids, self.tri_radius, float(max_distance),
+                int(self.depth), self.order, self.A, self.B, self.C, self.centroids, self.tri_radius, np.ascontiguousarray(bound),
             )
             return dist, hit | (dist <= TOUCH_MM)
         if method == "compiled":
@@ -702,7 +703,7 @@ class MeshDistance:
         hit = np.empty(n, dtype=bool)
         for i in range(0, n, max(int(chunk), 1)):
             j = min(i + max(int(chunk), 1), n)
-            dist[i:j], hit[i:j] = self._query(p0[i:j], p1[i:j], max_distance)
+            dist[i:j], hit[i:j] = self._query(p0[i:j], p1[i:j], bound[i:j])
         return dist, hit | (dist <= TOUCH_MM)
 
     def point_distance(self, points, max_distance: float = np.inf) -> Array:
@@ -885,8 +886,8 @@ class MeshDistance:
         ----------
         p0, p1 : (n, 3) float
             Segment end points (needle axis), LPS mm.
-        max_distance : float
-            Cull distance for the positive part, mm.
+        max_distance : float or (n,) float
+            Cull distance for the positive part, mm (one for all or one per segment).
         depth_step_mm : float
             Sampling step of the depth estimate, mm.
         depth_rel_tol : float
@@ -979,7 +980,7 @@ class MeshDistance:
             fn = kern.bvh_segment_distance_serial if len(q) < kern.SERIAL_BELOW_MESH else kern.bvh_segment_distance
             return fn(
                 q, q, bmin, bmax, centre, radius, starts, counts, int(self.depth), self.order,
-                self.A, self.B, self.C, self.centroids, self.tri_radius, np.inf, 1.0 - float(rel_tol),
+                self.A, self.B, self.C, self.centroids, self.tri_radius, np.full(len(q), np.inf), 1.0 - float(rel_tol),
             )[0]
         out = np.empty(len(p))
         step = 2048

@@ -206,18 +206,18 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
     The hierarchy is the implicit heap of :class:`planner.solve.exact.MeshDistance`: node
     ``g`` of level ``k`` (``g = 2**k - 1 + i``) has children ``2 g + 1`` and ``2 g + 2``;
     the leaves (level ``depth``) own ``order[starts[i]:starts[i] + counts[i]]``.  Node
-    arrays are flattened over the levels in that order.  Distances beyond ``bound`` come
-    back as ``bound``.  ``shrink < 1`` prunes a node whose lower bound exceeds ``shrink``
+    arrays are flattened over the levels in that order.  Distances beyond ``bound[s]``
+    (one per segment) come back as ``bound[s]``.  ``shrink < 1`` prunes a node whose lower bound exceeds ``shrink``
     times the best distance so far (the relative-tolerance query of
     :meth:`planner.solve.exact.MeshDistance.approx_point_distance`); 1 is exact.
     Segments run in parallel.
     """
     n = P0.shape[0]
-    dist = np.full(n, bound)
+    dist = bound.copy()
     hit = np.zeros(n, np.bool_)
     first_leaf = (1 << depth) - 1
     for s in prange(n):  # segments are independent
-        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf)
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf)
     return dist, hit
 
 
@@ -225,11 +225,11 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
 def bvh_segment_distance_serial(P0, P1, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink=1.0):
     """:func:`bvh_segment_distance` on the calling thread (few segments: no thread start-up)."""
     n = P0.shape[0]
-    dist = np.full(n, bound)
+    dist = bound.copy()
     hit = np.zeros(n, np.bool_)
     first_leaf = (1 << depth) - 1
     for s in range(n):
-        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf)
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf)
     return dist, hit
 
 

@@ -86,7 +86,13 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
                 continue
             md = scene.mesh_distance(names[k])
             d = np.full(n, np.inf)
-            d[rows] = md.segment_signed_clearance(p0[rows], p1[rows], max_distance=EXACT_CULL_MM + 5.0)
+            # a positive distance only matters below the class's best so far: bound the
+            # query there (the result is min(exact, bound), so the update is the same);
+            # rows already inside a structure keep the full bound for their depth test
+            c = cur[rows]
+            # (floored at 1e-6 mm, above the touch tolerance, so a bound is never taken for contact)
+            bound = np.where(c > 0.0, np.clip(c, 1e-6, EXACT_CULL_MM + 5.0), EXACT_CULL_MM + 5.0)
+            d[rows] = md.segment_signed_clearance(p0[rows], p1[rows], max_distance=bound)
             update(cls, d, names[k])
     d, nm = solid_clearances(scene, p0, p1)
     cur, names = out["hardware"]
@@ -242,6 +248,47 @@ def _shortlist(c: Candidates, route: int, radii: dict[str, float], tol: float, k
     nbits = np.array([bin(int(x)).count("1") for x in c.fail[allr]])
     key = np.lexsort((np.arange(len(allr)), c.t_skin[allr], -c.f_min_outer[allr], nbits))
     return allr[key[:1]], False
+
+
+def _entry_angles(fields: LevelFields, c: Candidates, side: str) -> np.ndarray:
+    """:func:`_entry_angle` of every candidate of ``c`` (one side), the field samples in
+    two batched calls instead of seven per candidate (the same samples, the same values)."""
+    n = len(c)
+    out = np.full(n, np.nan)
+    if not n:
+        return out
+    ped = fields.pedicle[side]
+    ts = [np.arange(c.t_body[i], c.t_body[i] + 40.0, 0.5) for i in range(n)]
+    cnt = np.array([len(t) for t in ts])
+    pts = np.concatenate([c.target[i] + ts[i][:, None] * c.direction[i] for i in range(n)])
+    inside = fields.local.sample(ped, pts) < 0
+    ends = np.cumsum(cnt)
+    use_ped = np.zeros(n, bool)
+    p = np.empty((n, 3))
+    for i in range(n):
+        ins = inside[ends[i] - cnt[i]:ends[i]]
+        if c.route[i] == 0 and ins.any():
+            t_e = ts[i][np.flatnonzero(ins)[-1]]
+            use_ped[i] = True
+        else:
+            t_e = c.t_body[i]
+        p[i] = c.target[i] + t_e * c.direction[i]
+    e = 0.5
+    ax = np.eye(3)
+    g = np.empty((n, 3), np.float32)  # float32 differences, as the per-candidate version
+    for flag, arr in ((True, ped), (False, fields.body)):
+        sel = np.flatnonzero(use_ped == flag)
+        if not len(sel):
+            continue
+        q = p[sel]
+        plus = fields.local.sample(arr, (q[:, None, :] + e * ax[None]).reshape(-1, 3)).reshape(-1, 3)
+        minus = fields.local.sample(arr, (q[:, None, :] - e * ax[None]).reshape(-1, 3)).reshape(-1, 3)
+        g[sel] = plus - minus
+    for i in range(n):
+        nrm = np.linalg.norm(g[i])
+        if nrm >= 1e-6:
+            out[i] = float(np.degrees(np.arccos(np.clip(abs(g[i] @ c.direction[i]) / nrm, 0, 1))))
+    return out
 
 
 def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float:
@@ -537,7 +584,8 @@ def evaluate_candidates(scene: Scene, level: str, geo: LevelGeometry, fields: Le
     if len(live):
         for j, a in zip(live, curved_arcs(scene, geo, fields, ct[live], -sub.direction[live], side, ins["vertebroplasty_curved"], opt)):
             arcs[j] = a
-    return [_candidate(scene, level, geo, fields, sub, j, side, route, outer, inner, (tamp_d[j], tamp_names[j]), arcs[j], ins, opt) for j in range(n)]
+    angles = _entry_angles(fields, sub, side)
+    return [_candidate(scene, level, geo, fields, sub, j, side, route, outer, inner, (tamp_d[j], tamp_names[j]), arcs[j], ins, opt, float(angles[j])) for j in range(n)]
 
 
 def _violations(clear: dict[str, float], closest: dict[str, str], r: float, opt: SolverOptions, part: str) -> list[dict[str, Any]]:
@@ -549,7 +597,7 @@ def _violations(clear: dict[str, float], closest: dict[str, str], r: float, opt:
     return out
 
 
-def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, outer, inner, tamp_hw, arcs, ins, opt: SolverOptions) -> dict[str, Any]:
+def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, outer, inner, tamp_hw, arcs, ins, opt: SolverOptions, ang: float | None = None) -> dict[str, Any]:
     T = sub.target[j]
     D = sub.direction[j]
     skin = sub.skin_entry[j]
@@ -604,7 +652,8 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
         vs = per_inst["vertebroplasty_curved"]["violations"]
         binding = min(vs, key=lambda v: (v["excess_mm"] if v["excess_mm"] is not None else 0.0)) if vs else None
     cov = {"straight_zones": _straight_zone(geo, T, side), **{k: v for k, v in arcs.items() if k != "arc"}}
-    ang = _entry_angle(fields, sub, j, side)
+    if ang is None:
+        ang = _entry_angle(fields, sub, j, side)
     w = opt.weights
     r_vp = _radius("vertebroplasty_straight", ins)
     # clearance term over the parts the feasible instruments use
@@ -876,10 +925,11 @@ def _axis_distance(a0, a1, b0, b1) -> float:
 CONFLICT_ALTERNATIVES = 6
 
 
-def _level_options(lv: dict[str, Any], opt: SolverOptions) -> list[list[dict[str, Any]]]:
+def _level_options(lv: dict[str, Any], opt: SolverOptions, clash=None) -> list[list[dict[str, Any]]]:
     """Needle sets a level can use: its recommendation first, then the next feasible
     candidates of the same procedure (each paired, for bilateral access, with the best
     other-side candidate that does not clash with it)."""
+    clash = clash or (lambda a, b: _clash(a, b, opt))
     rec = lv["recommendation"]
     by_id = {c["id"]: c for c in lv["candidates"]}
     first = [by_id[i] for i in rec["candidates"]]
@@ -891,7 +941,7 @@ def _level_options(lv: dict[str, Any], opt: SolverOptions) -> list[list[dict[str
             continue
         pair = [c]
         if rec["access"] == "bilateral":
-            other = [o for o in same if o["side"] != c["side"] and not _clash(o, c, opt)]
+            other = [o for o in same if o["side"] != c["side"] and not clash(o, c)]
             if other:
                 pair.append(other[0])
         out.append(pair)
@@ -908,7 +958,16 @@ def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None
     active = [lv for lv in levels if lv["recommendation"]["safe_route_found"]]
     if len(active) < 2:
         return
-    opts = [_level_options(lv, opt) for lv in active]
+    memo: dict[tuple[str, str], bool] = {}
+
+    def clash(p: dict[str, Any], q: dict[str, Any]) -> bool:
+        """:func:`_clash`, each pair once (the search revisits pairs many times)."""
+        key = (p["id"], q["id"])
+        if key not in memo:
+            memo[key] = _clash(p, q, opt)
+        return memo[key]
+
+    opts = [_level_options(lv, opt, clash) for lv in active]
     # cost of a choice: 0 for the recommendation; an alternative costs 1, 3 when it changes
     # the route (a kyphoplasty moved off its free pedicle loses more than a curved needle
     # moved to the other side), plus a thousandth of the score it loses
@@ -930,7 +989,7 @@ def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None
                 best = (loss, list(picks))
             return
         for j, needles in enumerate(opts[k]):
-            if any(_clash(p, q, opt) for p in needles for q in chosen):
+            if any(clash(p, q) for p in needles for q in chosen):
                 continue
             # the recommendation is the preferred choice (route preference, then score): the
             # loss counts how far down each level's list the choice is, then the score lost
@@ -941,9 +1000,9 @@ def _resolve_conflicts(levels: list[dict[str, Any]], opt: SolverOptions) -> None
         rec = lv["recommendation"]
         if best is None:
             others = [q for m, o in enumerate(opts) if m != k for q in o[0]]
-            clash = [q for p in opts[k][0] for q in others if _clash(p, q, opt)]
-            if clash:
-                rec["conflict_note"] = f"clashes with {clash[0]['id']}; no combination of alternatives is clash-free"
+            hits = [q for p in opts[k][0] for q in others if clash(p, q)]
+            if hits:
+                rec["conflict_note"] = f"clashes with {hits[0]['id']}; no combination of alternatives is clash-free"
             continue
         j = best[1][k]
         if j == 0:
