@@ -18,8 +18,32 @@ On the case-example phantom (L3-L5 fixation extended to T12, bilateral screws at
     height (``posterior_wall_points(..., tip_lps=tip)``); the column ``wall*`` is the overlap
     on the whole posterior surface (no pedicle or tip limit), printed for comparison;
 
-and writes the PNGs of the views for each trajectory into ``--out`` (not part of the
-repository): ``<view>.png`` and ``<view>_overlay.png`` (tip ring yellow, wall points cyan).
+(d) with ``plan`` trajectories (``--no-candidates`` skips it): the same view search on every
+    feasible candidate the plan lists at each level, each placed with the instrument the
+    level's procedure uses where the candidate allows it (else its own feasible
+    instrument), one row per candidate, and per level: how many candidates have a tip (or
+    wall) overlap > 0 in AP or lateral, and for those the suggested ``tip_wall`` view's
+    overlap against AP's and lateral's (median, worst) with the verdict counts; the wall
+    also for the ``wall_edge_on`` view against the lateral.  Candidates whose tip no usable
+    pose clears (it lies within the tip disc's radius of a screw, so every projection
+    overlaps) are counted apart, with the tip's distance to the hardware.  The plan lists
+    few candidates (5 per level, side and route), so the same summary follows for the
+    candidates of a plan with ``--shortlist`` (20) per route, planned once into
+    ``plan-shortlist<N>`` next to the plan (its recommendation may differ; (a)-(c) keep the
+    default plan's).
+
+The tip is the *working* tip (``Trajectory.tip_lps``): for a curved-needle vertebroplasty
+the curved stylet's tip at the end of the planned arc, where the cement leaves the needle
+(the cannula tip it leaves is the views' isocentre); for a straight needle its end.
+
+The PNGs of the views go into ``--out`` (not part of the repository), one folder per
+trajectory: ``<view>.png``, ``<view>_overlay.png`` (tip ring and wall points yellow / cyan
+where clear of hardware shadow, orange where partly, red where mostly covered, as scored;
+a caption with the overlaps) and ``compare.png`` (AP, lateral and the two suggested views
+cropped around the tip, 2x).  Folders: ``<level>`` (recommended trajectory) and, with (d),
+``<level>[-<N>]-tip-demo`` (of the candidates whose tip some usable pose clears, the one
+most covered in AP and lateral) and ``<level>[-<N>]-tip-uncleared`` (the same among those
+no pose clears), ``-<N>`` for the ``--shortlist`` plan's candidates.
 
 Trajectories (``--trajectories``):
 
@@ -41,6 +65,7 @@ Usage::
     python benchmarks/bench_fluoro.py                          # plan trajectories, 0.8 mm CT
     python benchmarks/bench_fluoro.py --plan plan/plan.json --out fluoro-views
     python benchmarks/bench_fluoro.py --trajectories frame
+    python benchmarks/bench_fluoro.py --shortlist 0                # (d) on the plan's own candidates only
 
 Targets (issue 5): a 512 x 512 DRR in <= 1 s on a 2-core machine; a >= 300-pose view search
 in <= 2 s; suggested obliques reduce the hardware overlap on tip and posterior wall relative
@@ -62,6 +87,7 @@ from planner.fluoro.carm import CArm
 from planner.fluoro.drr import DRRRenderer, raycast_reference
 from planner.fluoro.views import (
     Trajectory,
+    ViewSearchSettings,
     plan_views,
     posterior_wall_points,
     score_poses,
@@ -135,14 +161,16 @@ def with_curve(t: Trajectory, side: str) -> Trajectory:
     return Trajectory(t.entry_lps, t.target_lps, curve_lps=curve, curve_radius_mm=cn.radius_mm)
 
 
-def case_plan(work: Path, levels: list[str]) -> Path:
-    """``plan.json`` of the case-example preset at 1 mm in ``work`` (written once, then reused)."""
+def case_plan(work: Path, levels: list[str], shortlist: int | None = None) -> Path:
+    """``plan.json`` of the case-example preset at 1 mm in ``work`` (written once, then reused);
+    with ``shortlist``, planned with that ``shortlist_per_route`` into ``plan-shortlist<N>``."""
     from planner.phantom import generate, get_preset, write_case
     from planner.phantom.spec import CaseSpec
     from planner.solve.api import plan_input
 
     case_dir = work / "case_example_1mm"
-    plan_path = case_dir / "plan" / "plan.json"
+    plan_dir = case_dir / ("plan" if shortlist is None else f"plan-shortlist{shortlist}")
+    plan_path = plan_dir / "plan.json"
     if plan_path.is_file():
         have = {lv["level"] for lv in json.loads(plan_path.read_text())["levels"]}
         if set(levels) <= have:
@@ -155,7 +183,12 @@ def case_plan(work: Path, levels: list[str]) -> Path:
         write_case(generate(CaseSpec.from_dict(d)), case_dir, dicom=False, mesh_spacing_mm=1.0)
         print(f"wrote the case-example phantom at 1 mm to {case_dir} in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    _, path = plan_input(case_dir, case_dir / "plan", levels=list(levels))
+    options = None
+    if shortlist is not None:
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        options = plan_dir / "options.json"
+        options.write_text(json.dumps({"shortlist_per_route": int(shortlist)}) + "\n")
+    _, path = plan_input(case_dir, plan_dir, levels=list(levels), options_file=options)
     print(f"planned {', '.join(levels)} of {case_dir} in {time.perf_counter() - t0:.1f} s -> {path}")
     return path
 
@@ -173,6 +206,186 @@ def plan_trajectory(plan: dict, level: str) -> tuple[Trajectory, str, str]:
             t = Trajectory.from_candidate(c, rec.get("procedure"))
             return t, c["side"], f"{c['id']}, {rec.get('procedure')}"
     raise SystemExit(f"level {level} not in the plan")
+
+
+def candidate_procedure(cand: dict, level_procedure: str | None) -> str:
+    """The instrument a candidate is placed with: the level's procedure where the candidate
+    allows it, else its first feasible instrument."""
+    inst = cand["verdict"]["instruments"]
+    return level_procedure if level_procedure in inst else inst[0]
+
+
+def candidate_views(case, plan: dict, level: str, hw: list) -> list[dict]:
+    """View search of every feasible candidate of ``level`` in ``plan`` (module docstring, (d))."""
+    from planner.fluoro.geometry import FluoroError
+
+    lv = next(x for x in plan["levels"] if x["level"] == level)
+    proc = lv["recommendation"].get("procedure")
+    rec = set(lv["recommendation"].get("candidates") or [])
+    fr = case.scene.vertebrae[level]
+    rows = []
+    for c in lv["candidates"]:
+        if not c["verdict"]["feasible"]:
+            continue
+        kind = candidate_procedure(c, proc)
+        t = Trajectory.from_candidate(c, kind)
+        row = {"id": c["id"], "side": c["side"], "route": c["route"], "instrument": kind, "recommended": c["id"] in rec,
+               "trajectory": t}
+        try:
+            W, N = posterior_wall_points(case.labels, level, posterior_lps=fr.v, tip_lps=t.tip_lps, return_normals=True)
+        except FluoroError as exc:  # the tip is not at the height of this body's posterior wall
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        t0 = time.perf_counter()
+        vp = plan_views(t, hw, W, wall_normals=N)
+        row["seconds"] = time.perf_counter() - t0
+        sug = vp.suggest()
+        d, who = tip_clearance(t.tip_lps, hw)
+        row.update(W=W, N=N, vp=vp, ap=vp.reference["ap"], lateral=vp.reference["lateral"],
+                   tip_wall=sug["tip_wall"], wall_edge_on=sug["wall_edge_on"], tip_clearance_mm=d, tip_nearest=who,
+                   least_tip=float(vp.scores["tip"][vp.usable].min()))
+        rows.append(row)
+    return rows
+
+
+def tip_clearance(tip: np.ndarray, hw: list) -> tuple[float, str]:
+    """Distance (mm) from the tip point to the nearest hardware surface (the scored cylinders), and its owner."""
+    from planner.fluoro.geometry import implant_cylinders
+
+    cyl = implant_cylinders(hw, 0.5)
+    ab = cyl.p1 - cyl.p0
+    tt = np.clip(((tip - cyl.p0) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+    d = np.linalg.norm(cyl.p0 + tt[:, None] * ab - tip, axis=1) - cyl.radius
+    i = int(np.argmin(d))
+    return float(d[i]), cyl.names[i]
+
+
+def _stats(x: list[float]) -> str:
+    return f"median {statistics.median(x):.3f} worst {max(x):.3f}"
+
+
+VERDICTS = ("reduced", "clear in both", "not reduced", "increased")
+
+
+def _verdict_counts(verdicts: list[str]) -> str:
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if verdicts.count(v))
+
+
+def _compare_block(comp: str, rows: list[dict], view: str = "tip_wall") -> None:
+    """Suggested view's overlap of ``comp`` against AP's and lateral's over ``rows``: median,
+    worst, verdict counts."""
+    sv = [r[view][comp] for r in rows]
+    print(f"        {view} {_stats(sv)} | AP {_stats([r['ap'][comp] for r in rows])} | "
+          f"lateral {_stats([r['lateral'][comp] for r in rows])}")
+    for ref in ("ap", "lateral"):
+        print(f"        {view} vs {ref:8}: {_verdict_counts([r[view]['compare'][comp][f'vs_{ref}'] for r in rows])}")
+
+
+def print_candidate_summary(level: str, rows: list[dict], tag: str = "") -> None:
+    """Per-level counts and medians / worst values of (d)."""
+    ok = [r for r in rows if "vp" in r]
+    kinds = sorted({r["instrument"] for r in ok})
+    per_kind = ", ".join(f"{sum(r['instrument'] == k for r in ok)} {k}" for k in kinds)
+    lv = f"{level}{tag}"
+    print(f"    {lv}: {len(ok)} feasible candidates searched ({per_kind})"
+          + (f"; {len(rows) - len(ok)} skipped (no wall at the tip's height)" if len(rows) > len(ok) else "")
+          + (f"; search median {statistics.median(r['seconds'] for r in ok):.3f} s, max {max(r['seconds'] for r in ok):.3f} s"
+             if ok else ""))
+    if not ok:
+        return
+    disc = ViewSearchSettings().tip_radius_mm
+    for comp in ("tip", "wall"):
+        hit = [r for r in ok if r["ap"][comp] > 0 or r["lateral"][comp] > 0]
+        hit01 = [r for r in ok if r["ap"][comp] > 0.01 or r["lateral"][comp] > 0.01]
+        print(f"    {lv} {comp}: {len(hit)} of {len(ok)} candidates have {comp} overlap > 0 in AP or lateral "
+              f"({len(hit01)} > 0.01); for those:")
+        if not hit:
+            continue
+        _compare_block(comp, hit)
+        below = sum(r["tip_wall"][comp] <= min(r["ap"][comp], r["lateral"][comp]) + 1e-9 for r in hit)
+        print(f"        tip_wall at or below both AP and lateral in {below} of {len(hit)}")
+        if comp == "tip":
+            stuck = [r for r in hit if r["least_tip"] >= 0.01]
+            clear = [r for r in hit if r["least_tip"] < 0.01]
+            if stuck:
+                print(f"        {len(stuck)} whose tip no usable pose clears (least tip overlap "
+                      f"{_stats([r['least_tip'] for r in stuck])}): the tip lies "
+                      f"{min(r['tip_clearance_mm'] for r in stuck):.1f}-{max(r['tip_clearance_mm'] for r in stuck):.1f} mm "
+                      f"from a screw, inside the {disc:g} mm tip disc ({', '.join(sorted({r['tip_nearest'] for r in stuck}))})")
+            if clear and stuck:
+                print(f"        the {len(clear)} whose tip some usable pose clears:")
+                _compare_block(comp, clear)
+        if comp == "wall":
+            e = [r for r in hit if r["wall_edge_on"] is not None]
+            if e:
+                print(f"        wall_edge_on {_stats([r['wall_edge_on']['wall'] for r in e])} | lateral "
+                      f"{_stats([r['lateral']['wall'] for r in e])}; vs lateral: "
+                      f"{_verdict_counts([r['wall_edge_on']['compare']['wall']['vs_lateral'] for r in e])}")
+
+
+def tip_demos(rows: list[dict]) -> dict[str, dict]:
+    """The candidate whose tip is most covered in AP or lateral (by the lesser of the two, then the
+    larger) among those some usable pose clears (``tip-demo``), and among those none clears
+    (``tip-uncleared``)."""
+    ok = [r for r in rows if "vp" in r and max(r["ap"]["tip"], r["lateral"]["tip"]) > 0]
+    out = {}
+    for name, sel in (("tip-demo", [r for r in ok if r["least_tip"] < 0.01]),
+                      ("tip-uncleared", [r for r in ok if r["least_tip"] >= 0.01])):
+        if sel:
+            out[name] = max(sel, key=lambda r: (min(r["ap"]["tip"], r["lateral"]["tip"]),
+                                                max(r["ap"]["tip"], r["lateral"]["tip"]), r["id"]))
+    return out
+
+
+def print_candidate_rows(level: str, rows: list[dict]) -> None:
+    print(f"    {level:5} {'candidate':42} {'instrument':23} {'AP tip':>6} {'wall':>6} {'LAT tip':>7} {'wall':>6}   "
+          f"{'tip_wall view':>13} {'tip':>6} {'wall':>6} {'path':>6}   {'edge-on':>9} {'wall':>6}   {'tip-hw mm':>9}")
+    for r in rows:
+        name = r["id"] + (" *" if r["recommended"] else "")
+        if "vp" not in r:
+            print(f"    {level:5} {name:42} {r['instrument']:23} skipped: {r['error']}")
+            continue
+        tw, e = r["tip_wall"], r["wall_edge_on"]
+        edge = f"({e['lao']:+.0f},{e['cran']:+.0f}) {e['wall']:6.3f}" if e else f"{'-':>9} {'-':>6}"
+        ang = f"({tw['lao']:+.0f},{tw['cran']:+.0f})"
+        print(f"    {level:5} {name:42} {r['instrument']:23} {r['ap']['tip']:6.3f} {r['ap']['wall']:6.3f} "
+              f"{r['lateral']['tip']:7.3f} {r['lateral']['wall']:6.3f}   {ang:>13} "
+              f"{tw['tip']:6.3f} {tw['wall']:6.3f} {tw['path']:6.3f}   {edge:>16}   {r['tip_clearance_mm']:9.1f}")
+
+
+def write_compare(out_dir: Path, t: Trajectory, vp, names=("ap", "lateral", "best_oblique", "wall_edge_on"),
+                  half: int = 96, zoom: int = 2) -> Path:
+    """``compare.png``: the overlays of ``names`` cropped to ``2 half`` px around the tip, ``zoom``x."""
+    from PIL import Image, ImageDraw
+
+    views = standard_views(t, None, vp)
+    meta = json.loads((out_dir / "views.json").read_text())["views"]
+    panels = []
+    for name in names:
+        if name not in views or not (out_dir / f"{name}_overlay.png").is_file():
+            continue
+        im = Image.open(out_dir / f"{name}_overlay.png").convert("RGB")
+        u, v = views[name].project(t.tip_lps[None])[0]
+        u = int(np.clip(round(u), half, im.width - half))
+        v = int(np.clip(round(v), half, im.height - half))
+        crop = im.crop((u - half, v - half, u + half, v + half)).resize((2 * half * zoom,) * 2, Image.NEAREST)
+        ov = meta[name]["overlap"]
+        c = meta[name]["carm"]
+        label = f"{name} LAO {c['lao_deg']:+.0f} CRAN {c['cran_deg']:+.0f}  tip {ov['tip']:.3f} wall {ov['wall']:.3f}"
+        d = ImageDraw.Draw(crop)
+        d.rectangle([0, 0, crop.width, 13], fill=(0, 0, 0))
+        d.text((3, 1), label, fill=(255, 255, 255))
+        panels.append(crop)
+    w = sum(p.width for p in panels) + 4 * (len(panels) - 1)
+    out = Image.new("RGB", (w, panels[0].height), (255, 255, 255))
+    x = 0
+    for pnl in panels:
+        out.paste(pnl, (x, 0))
+        x += pnl.width + 4
+    path = out_dir / "compare.png"
+    out.save(path)
+    return path
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -208,11 +421,16 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("bench-output") / "fluoro-work",
                     help="folder for the 1 mm case and its plan (reused)")
     ap.add_argument("--out", type=Path, default=Path("bench-output") / "fluoro", help="folder for the PNGs")
+    ap.add_argument("--no-candidates", action="store_true", help="skip (d), the view search on every feasible candidate")
+    ap.add_argument("--shortlist", type=int, default=20,
+                    help="(d) also on the candidates of a plan with this many per (level, side, route) (the solver's "
+                         "shortlist_per_route; planned once into <work>/case_example_1mm/plan-shortlist<N>); 0: not")
     args = ap.parse_args()
 
     from planner.phantom import generate, get_preset
 
     trajs: dict[str, Trajectory] = {}
+    plan = None
     if args.trajectories == "plan":
         plan_path = args.plan or case_plan(args.work, args.levels)
         plan = json.loads(Path(plan_path).read_text())
@@ -320,7 +538,39 @@ def main() -> int:
                            for v in vp.suggestions(3))
         print(f"    {lv}: next distinct views by rank: {others}")
         png = write_view_pngs(ct, t, hw, args.out / lv, W, wall_normals=N)
-        print(f"    {lv}: PNGs {', '.join(sorted(p.name for p in png.values()))} (+ _overlay) in {args.out / lv}")
+        write_compare(args.out / lv, t, vp)
+        print(f"    {lv}: PNGs {', '.join(sorted(p.name for p in png.values()))} (+ _overlay, compare.png) in {args.out / lv}")
+
+    # ---- (d) every feasible candidate --------------------------------------------------------
+    if plan is None or args.no_candidates:
+        return 0
+    sets = [("", plan)]
+    if args.shortlist and args.plan is None:
+        more = json.loads(case_plan(args.work, args.levels, args.shortlist).read_text())
+        sets.append((f" [{args.shortlist}/route]", more))
+    print()
+    print("(d) every feasible candidate of the plan (placed with the level's procedure where it allows it; "
+          "tip = working tip: a curved needle's arc end); suggested view = tip_wall, edge-on = wall_edge_on; "
+          "* = recommended; tip-hw = tip to the nearest hardware surface"
+          + (f"; [{args.shortlist}/route] = the candidates of a plan with shortlist_per_route {args.shortlist} "
+             "(summary only)" if len(sets) > 1 else ""))
+    t0 = time.perf_counter()
+    for lv in args.levels:
+        for tag, pl in sets:
+            rows = candidate_views(case, pl, lv, hw)
+            print()
+            if not tag:
+                print_candidate_rows(lv, rows)
+            print_candidate_summary(lv, rows, tag)
+            for name, demo in tip_demos(rows).items():
+                d = args.out / f"{lv}-{name}" if not tag else args.out / f"{lv}-{args.shortlist}-{name}"
+                write_view_pngs(ct, demo["trajectory"], hw, d, demo["W"], wall_normals=demo["N"])
+                write_compare(d, demo["trajectory"], demo["vp"])
+                tw = demo["tip_wall"]
+                print(f"    {lv}{tag}: {name} {demo['id']}: tip AP {demo['ap']['tip']:.3f} lateral "
+                      f"{demo['lateral']['tip']:.3f} -> tip_wall (LAO {tw['lao']:+.0f}, CRAN {tw['cran']:+.0f}) "
+                      f"{tw['tip']:.3f}; tip {demo['tip_clearance_mm']:.1f} mm from {demo['tip_nearest']}; PNGs in {d}")
+    print(f"    (d) took {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -465,6 +465,17 @@ def test_scores_are_geometric_and_deterministic():
         assert sc["tip"][i] == pytest.approx(covered[disc].mean(), abs=0.12)
 
 
+def test_per_point_coverage_matches_the_terms():
+    t, hw, wall = occluding_scene()
+    lao, cran = np.array([0.0, 30.0, 90.0]), np.array([0.0, 10.0, 0.0])
+    sc = score_poses(t, hw, wall, lao, cran)
+    pp = score_poses(t, hw, wall, lao, cran, per_point=True)
+    assert "wall_covered" not in sc
+    assert pp["wall_covered"].shape == (3, len(wall)) and pp["path_covered"].shape == (3, 32)
+    np.testing.assert_allclose(pp["wall_covered"].mean(axis=1), sc["wall"])
+    np.testing.assert_allclose(pp["path_covered"].mean(axis=1), sc["path"])
+
+
 def test_score_weights_and_settings_validation():
     with pytest.raises(FluoroError):
         ViewSearchSettings(weights={"bogus": 1.0})
@@ -634,6 +645,11 @@ def test_write_view_pngs(tmp_path, axis_ct):
         im = np.array(Image.open(p))
         assert im.shape == (128, 128) and im.std() > 5, name
         assert (tmp_path / "a" / f"{name}_overlay.png").exists()
+    # the overlay marks the tip ring and wall points by how much hardware shadow covers them
+    ov = np.array(Image.open(tmp_path / "a" / "ap_overlay.png"))
+    assert ov.shape == (128, 128, 3)
+    colours = {tuple(c) for c in ov.reshape(-1, 3)}
+    assert colours & {(0, 200, 255), (255, 140, 0), (255, 0, 0)} and colours & {(255, 220, 0), (255, 140, 0), (255, 0, 0)}
     write_view_pngs(axis_ct, t, [screw], tmp_path / "b", wall, carm=carm)
     assert (tmp_path / "a" / "views.json").read_bytes() == (tmp_path / "b" / "views.json").read_bytes()
     meta = json.loads((tmp_path / "a" / "views.json").read_text())

@@ -121,7 +121,8 @@ class Trajectory:
     entry_lps : (3,) float
         Skin entry.
     target_lps : (3,) float
-        End of the straight needle (its tip, or the cannula tip a curved needle leaves).
+        End of the straight needle (its tip, or the cannula tip a curved needle leaves);
+        the isocentre of the standard views.  The working tip is :attr:`tip_lps`.
     radius_mm : float
         Needle outer radius: the 11 G needle of :mod:`planner.instruments` (1.525 mm).
     curve_lps : (n, 3) float or None
@@ -170,7 +171,14 @@ class Trajectory:
 
     @property
     def tip_lps(self) -> np.ndarray:
-        """Where the needle ends: the end of the curved extension, else the target."""
+        """The working tip, (3,): where the needle ends and the cement leaves it.
+
+        For a curved-needle vertebroplasty that is the curved stylet's tip at the end of
+        the planned arc (``curve_lps[-1]``), not the cannula tip ``target_lps`` the stylet
+        leaves; for a straight needle (or kyphoplasty cannula) it is ``target_lps``.  The
+        view search's ``tip`` term and the posterior-wall band
+        (:func:`posterior_wall_points` with ``tip_lps``) use it.
+        """
         return self.curve_lps[-1].copy() if self.curve_lps is not None else self.target_lps.copy()
 
     def path_points(self, n: int) -> np.ndarray:
@@ -665,6 +673,7 @@ def score_poses(
     settings: ViewSearchSettings | None = None,
     carm: CArm | None = None,
     wall_normals: ArrayLike | None = None,
+    per_point: bool = False,
 ) -> dict[str, np.ndarray]:
     """Hardware overlap terms of C-arm poses for one trajectory (module docstring).
 
@@ -680,6 +689,9 @@ def score_poses(
         Geometry (SDD, SID, detector); angles and isocentre are replaced.
     wall_normals : (w, 3) float, optional
         Unit outward normals at the wall points (for ``wall_term="seen_edge_on"``).
+    per_point : bool
+        Also return ``wall_covered`` (p, w) and ``path_covered`` (p, path_samples): the
+        covered fraction of each wall disc and needle-path disc (for overlays).
 
     Returns
     -------
@@ -756,10 +768,14 @@ def score_poses(
         if np.linalg.norm(m) > 1e-9:
             n_wall = m / np.linalg.norm(m)
     wall_plane_deg = np.degrees(np.arcsin(np.clip(np.abs(beam @ n_wall), 0.0, 1.0)))
-    return {
+    out = {
         "lao": lao.copy(), "cran": cran.copy(), "path": path_c, "tip": tip_c, "wall": wall_c, "overlap": overlap,
         "needle_deg": needle_deg, "wall_plane_deg": wall_plane_deg,
     }
+    if per_point:
+        out["wall_covered"] = wall_cov.copy()
+        out["path_covered"] = cov[:, :n_path].copy()
+    return out
 
 
 def _verdict(v: float, ref: float, s: ViewSearchSettings) -> str:
@@ -1094,6 +1110,36 @@ def standard_views(trajectory: TrajectoryLike, carm: CArm | None = None, view_pl
     return views
 
 
+#: Overlay colours: the tip ring and the wall points are drawn in these when clear of
+#: hardware shadow (covered fraction below ``OVERLAY_CLEAR_BELOW``), orange when partly
+#: covered (below ``OVERLAY_COVERED_FROM``) and red when mostly covered.
+OVERLAY_TIP_CLEAR = (255, 220, 0)
+OVERLAY_WALL_CLEAR = (0, 200, 255)
+OVERLAY_PARTLY = (255, 140, 0)
+OVERLAY_COVERED = (255, 0, 0)
+OVERLAY_CLEAR_BELOW = 0.01
+OVERLAY_COVERED_FROM = 0.5
+OVERLAY_LEGEND = "tip ring yellow / wall points cyan: clear; orange: partly, red: mostly under hardware shadow"
+
+
+def _coverage_colour(f: float, clear: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Overlay colour of a disc with covered fraction ``f`` (constants above)."""
+    if f < OVERLAY_CLEAR_BELOW:
+        return clear
+    return OVERLAY_PARTLY if f < OVERLAY_COVERED_FROM else OVERLAY_COVERED
+
+
+def _caption(img: Any, lines: list[str]) -> None:
+    """Write ``lines`` top left on a PIL RGB image in place (white on a dark band)."""
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(img)
+    h = 11
+    d.rectangle([0, 0, img.width, h * len(lines) + 2], fill=(0, 0, 0))
+    for k, line in enumerate(lines):
+        d.text((3, 1 + h * k), line, fill=(255, 255, 255))
+
+
 def _paint_disc(
     rgb: np.ndarray, centre: ArrayLike, radius: float, colour: tuple[int, int, int], inner: float | None = None
 ) -> None:
@@ -1140,8 +1186,10 @@ def write_view_pngs(
     hardware : iterable of Screw, Rod, CrossLink
     out_dir : path
         Created if needed; gets ``<view>.png`` (grey DRR), with ``overlay`` also
-        ``<view>_overlay.png`` (tip disc outline yellow, wall points cyan) and
-        ``views.json`` (angles, overlap terms, window; no timings, so it is deterministic).
+        ``<view>_overlay.png`` (the tip disc's outline yellow and the wall points cyan where
+        clear of hardware shadow, orange where partly and red where mostly covered, as
+        scored; a caption with the view's angles and overlaps) and ``views.json`` (angles,
+        overlap terms, window; no timings, so it is deterministic).
     wall_points : (w, 3) float, optional
     carm : CArm, optional
     drr_settings : DRRSettings, optional
@@ -1174,7 +1222,7 @@ def write_view_pngs(
         p = out / f"{name}.png"
         Image.fromarray(g).save(p)
         written[name] = p
-        terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm, wall_normals)
+        terms = score_poses(t, hardware, wall_points, [c.lao_deg], [c.cran_deg], s, carm, wall_normals, per_point=True)
         meta["views"][name] = {
             "carm": c.describe(),
             "overlap": {k: round(float(terms[k][0]), 6) for k in ("path", "tip", "wall", "overlap")},
@@ -1186,11 +1234,17 @@ def write_view_pngs(
             scale = c.magnification / (0.5 * sum(c.pixel_pitch_mm))
             tip_px = c.project(t.tip_lps[None])[0]
             rr = s.tip_radius_mm * scale
-            _paint_disc(rgb, tip_px, rr + 1.5, (255, 220, 0), inner=max(rr - 0.5, 0.0))
+            _paint_disc(rgb, tip_px, rr + 1.5, _coverage_colour(float(terms["tip"][0]), OVERLAY_TIP_CLEAR),
+                        inner=max(rr - 0.5, 0.0))
             if wall_points is not None and len(wall_points):
-                for uv in c.project(as_points(wall_points, "wall_points")):
-                    _paint_disc(rgb, uv, 1.6, (0, 200, 255))
-            Image.fromarray(rgb).save(out / f"{name}_overlay.png")
+                cov = terms["wall_covered"][0]
+                for uv, f in zip(c.project(as_points(wall_points, "wall_points")), cov):
+                    _paint_disc(rgb, uv, 1.6, _coverage_colour(float(f), OVERLAY_WALL_CLEAR))
+            caption = (f"{name}  LAO {c.lao_deg:+.0f} CRAN {c.cran_deg:+.0f}  hardware overlap: "
+                       f"tip {terms['tip'][0]:.3f} wall {terms['wall'][0]:.3f} path {terms['path'][0]:.3f}")
+            img = Image.fromarray(rgb)
+            _caption(img, [caption, OVERLAY_LEGEND])
+            img.save(out / f"{name}_overlay.png")
     (out / "views.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("wrote %d view PNGs to %s", len(written), out)
     return written
