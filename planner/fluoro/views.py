@@ -59,7 +59,7 @@ component:
 
 * ``tip_wall`` (:attr:`ViewPlan.best`): the tip/wall monitoring view, the best-ranked pose;
 * ``wall_edge_on`` (:attr:`ViewPlan.best_edge_on`): the best-ranked pose whose beam is within
-  ``edge_on_max_deg`` (30 deg) of the posterior wall's plane, the lateral-type view that
+  ``edge_on_max_deg`` (15 deg) of the posterior wall's plane, the lateral-type view that
   shows the wall as a line.
 
 ``visibility = 1 - overlap`` (weighted) of the best-ranked view, in [0, 1], is the solver's
@@ -542,8 +542,11 @@ class ViewSearchSettings:
     edge_on_max_deg : float
         A pose shows the posterior wall *edge-on* (as the line a radiograph shows, what
         the operator watches the cement front against) when its beam is within this angle
-        of the wall's plane (mean of the wall normals, else LPS +y): 30 deg [U].  The
-        suggested wall view is the best edge-on pose.
+        of the wall's plane (mean of the wall normals, else LPS +y): 15 deg [U].  The
+        wall between the pedicles is 25-30 mm wide, so a beam at angle ``a`` to its plane
+        spreads it over ``width x sin a`` in depth: 6-8 mm at 15 deg, still read as the
+        wall's line, but 12-15 mm at 30 deg, where the DRRs show the wall as a patch, not
+        a line.  The suggested wall view is the best edge-on pose.
     reduction_abs, reduction_ratio : float
         A view *reduces* an overlap component relative to a reference view when its
         overlap is at least ``reduction_abs`` (0.01) lower and at most ``reduction_ratio``
@@ -576,7 +579,7 @@ class ViewSearchSettings:
     criterion: str = "minimax"
     rank_tolerance: float = 0.01
     min_needle_angle_deg: float = 30.0
-    edge_on_max_deg: float = 30.0
+    edge_on_max_deg: float = 15.0
     reduction_abs: float = 0.01
     reduction_ratio: float = 0.8
     rod_simplify_mm: float = 0.5
