@@ -453,7 +453,7 @@ def _ref_kernel_distance(ref, p0, p1, bound=np.inf):
     flat = [np.ascontiguousarray(np.concatenate([getattr(x, n) for x in lv])) for n in ("bmin", "bmax", "centre", "radius")]
     return kernels.bvh_segment_distance(
         np.ascontiguousarray(p0), np.ascontiguousarray(p1), *flat, lv[-1].starts, lv[-1].counts, ref["depth"],
-        ref["order"], ref["A"], ref["B"], ref["C"], ref["centroids"], ref["tri_radius"], float(bound),
+        ref["order"], ref["A"], ref["B"], ref["C"], ref["centroids"], ref["tri_radius"], np.full(len(p0), float(bound)),
     )
 
 

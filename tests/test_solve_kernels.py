@@ -171,3 +171,100 @@ def test_solids_distance_matches_numpy_reference(rng):
     np.testing.assert_allclose(ref[np.arange(len(p0)), who], ref.min(1), rtol=0, atol=2e-4)
     assert not np.any(who == len(solids) - 1)
     assert (d < 0).any() and (d > 5).any()
+
+
+def _segments_near_level(scene, level, rng, n):
+    """Segments from inside the level's body out toward and past its neighbours: some stay
+    clear, some graze or cross structures, some lie wholly inside one (negative clearances)."""
+    geo = scene.level(level)
+    a = geo.to_world(rng.uniform(-0.6, 0.6, (n, 3)) * geo.half)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    b = a + d * rng.uniform(2.0, 120.0, (n, 1))
+    return a, b
+
+
+def test_forest_pass_matches_per_mesh_loop(case_example_scene, rng, monkeypatch):
+    """exact_clearances: the packed compiled pass (with its fallback for touching / inside
+    segments) gives the same values and names as the per-mesh loop alone, serial or parallel."""
+    from planner.solve import plan as plan_mod
+
+    scene = case_example_scene
+    p0, p1 = _segments_near_level(scene, "L4", rng, 300)
+    got = plan_mod.exact_clearances(scene, "L4", p0, p1)
+    monkeypatch.setattr(plan_mod, "FOREST_SERIAL_BELOW", 10**9)
+    got_serial = plan_mod.exact_clearances(scene, "L4", p0, p1)
+    monkeypatch.setattr(plan_mod, "_level_forest", lambda scene, level: None)
+    ref = plan_mod.exact_clearances(scene, "L4", p0, p1)
+    negative = 0
+    for c in ref:
+        for g in (got, got_serial):
+            np.testing.assert_array_equal(g[c][0], ref[c][0])
+            assert g[c][1] == ref[c][1]
+        negative += int((ref[c][0] < 0).sum())
+    # the sample exercises both paths: clear segments and ones inside a structure
+    assert negative > 0
+    assert np.isfinite(ref["other_bone"][0]).mean() > 0.5
+
+
+def test_serial_twins_match_parallel_kernels(case_example_scene, rng):
+    from planner.solve.plan import _packed_solids
+
+    scene = case_example_scene
+    p0, p1 = _segments_near_level(scene, "L4", rng, 200)
+    p0, p1 = np.ascontiguousarray(p0), np.ascontiguousarray(p1)
+    md = scene.mesh_distance("L4_body")
+    flat = md._flat()
+    args = (p0, p1, *flat, int(md.depth), md.order, md.A, md.B, md.C, md.centroids, md.tri_radius, np.full(len(p0), 30.0))
+    for a, b in zip(kernels.bvh_segment_distance(*args), kernels.bvh_segment_distance_serial(*args)):
+        np.testing.assert_array_equal(a, b)
+    packed = _packed_solids(scene.solids)
+    for cap in (np.inf, 4.0):
+        par = kernels.segment_solids_distance(p0, p1, *packed, 1e-4, cap)
+        ser = kernels.segment_solids_distance_serial(p0, p1, *packed, 1e-4, cap)
+        np.testing.assert_array_equal(par[0], ser[0])
+        np.testing.assert_array_equal(par[1], ser[1])
+
+
+def test_capped_solids_distance_is_exact_below_the_cap(case_example_scene, rng):
+    from planner.solve.plan import _packed_solids
+
+    scene = case_example_scene
+    geo = scene.level("L4")
+    # short chords around the pedicles, where the screws are
+    a = geo.to_world(rng.uniform(-1.2, 1.2, (2000, 3)) * geo.half * np.array([1.0, 2.0, 1.0]))
+    b = a + rng.normal(size=(2000, 3))
+    packed = _packed_solids(scene.solids)
+    full, who = kernels.segment_solids_distance(np.ascontiguousarray(a), np.ascontiguousarray(b), *packed, 1e-4, np.inf)
+    cap = 3.0
+    d, w = kernels.segment_solids_distance(np.ascontiguousarray(a), np.ascontiguousarray(b), *packed, 1e-4, cap)
+    below = full < cap
+    assert below.any() and (~below).any()
+    np.testing.assert_array_equal(d[below], full[below])
+    np.testing.assert_array_equal(w[below], who[below])
+    assert np.all(d[~below] == cap) and np.all(w[~below] == -1)
+
+
+def test_route_and_trace_serial_twins(case_example_scene):
+    from planner.solve.search import evaluate
+
+    opt = SolverOptions()
+    scene = case_example_scene
+    fields = scene.fields("L4", opt)
+    geo = scene.level("L4")
+    tg = targets(geo, fields, opt)[::11]
+    dirs = directions(geo, "left", np.arange(0.0, 50.0, 10.0), np.arange(-30.0, 31.0, 15.0))
+    T = np.ascontiguousarray(np.repeat(tg, len(dirs), axis=0))
+    D = np.ascontiguousarray(np.tile(dirs, (len(tg), 1)))
+    side = np.zeros(len(T), np.int8)
+    big = evaluate(T, D, side, geo, fields, opt, 2.1, 150.0)
+    assert len(T) < kernels.SERIAL_BELOW_RAYS  # the serial twins
+    old = kernels.SERIAL_BELOW_RAYS
+    try:
+        kernels.SERIAL_BELOW_RAYS = 0  # the parallel kernels
+        par = evaluate(T, D, side, geo, fields, opt, 2.1, 150.0)
+    finally:
+        kernels.SERIAL_BELOW_RAYS = old
+    for name in ("t_body", "t_skin", "f_min", "f_t", "t_cannula", "route", "pedicle_mm", "fail"):
+        np.testing.assert_array_equal(getattr(big, name), getattr(par, name))
+    assert (big.route == 0).any()

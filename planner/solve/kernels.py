@@ -38,6 +38,7 @@ TOUCH_MM = 1e-9
 #: results are the same either way (segments are independent).
 SERIAL_BELOW_MESH = 48
 SERIAL_BELOW_SOLIDS = 256
+SERIAL_BELOW_RAYS = 2048
 
 
 @njit(cache=True, inline="always")
@@ -147,8 +148,12 @@ def _segment_triangle(p0, p1, a, b, c):
 
 
 @njit(cache=True, inline="always")
-def _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf):
-    """One segment of :func:`bvh_segment_distance`: (distance, touches)."""
+def _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound, shrink, first_leaf, no, lo):
+    """One segment of :func:`bvh_segment_distance`: (distance, touches).
+
+    ``no``, ``lo``: offsets of this mesh's nodes and leaves in the node and leaf arrays
+    (0 for one mesh; :func:`forest_clearances` packs several meshes), whose ``starts``
+    and ``order`` entries are global positions and triangle ids."""
     touched = False
     stack = np.empty(64 + 2 * (depth + 1), np.int64)
     p0 = P0[s]
@@ -162,18 +167,18 @@ def _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order
     while top > 0:
         top -= 1
         g = stack[top]
-        gx = max(max(bmin[g, 0] - hi0, lo0 - bmax[g, 0]), 0.0)
-        gy = max(max(bmin[g, 1] - hi1, lo1 - bmax[g, 1]), 0.0)
-        gz = max(max(bmin[g, 2] - hi2, lo2 - bmax[g, 2]), 0.0)
+        gx = max(max(bmin[no + g, 0] - hi0, lo0 - bmax[no + g, 0]), 0.0)
+        gy = max(max(bmin[no + g, 1] - hi1, lo1 - bmax[no + g, 1]), 0.0)
+        gz = max(max(bmin[no + g, 2] - hi2, lo2 - bmax[no + g, 2]), 0.0)
         lb = math.sqrt(gx * gx + gy * gy + gz * gz)
         if lb > shrink * best:
             continue
-        sp = _point_segment(centre[g, 0], centre[g, 1], centre[g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[g]
+        sp = _point_segment(centre[no + g, 0], centre[no + g, 1], centre[no + g, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - radius[no + g]
         if sp > shrink * best:
             continue
         if g >= first_leaf:
             i = g - first_leaf
-            for q in range(starts[i], starts[i] + counts[i]):
+            for q in range(starts[lo + i], starts[lo + i] + counts[lo + i]):
                 t = order[q]
                 lbt = _point_segment(tri_c[t, 0], tri_c[t, 1], tri_c[t, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2]) - tri_r[t]
                 if lbt > shrink * best:
@@ -187,8 +192,8 @@ def _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order
             c1 = 2 * g + 1
             c2 = c1 + 1
             # push the farther child first so the nearer is visited first
-            d1 = _point_segment(centre[c1, 0], centre[c1, 1], centre[c1, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
-            d2 = _point_segment(centre[c2, 0], centre[c2, 1], centre[c2, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+            d1 = _point_segment(centre[no + c1, 0], centre[no + c1, 1], centre[no + c1, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
+            d2 = _point_segment(centre[no + c2, 0], centre[no + c2, 1], centre[no + c2, 2], p0[0], p0[1], p0[2], p1[0], p1[1], p1[2])
             if d1 <= d2:
                 stack[top] = c2
                 stack[top + 1] = c1
@@ -217,7 +222,7 @@ def bvh_segment_distance(P0, P1, bmin, bmax, centre, radius, starts, counts, dep
     hit = np.zeros(n, np.bool_)
     first_leaf = (1 << depth) - 1
     for s in prange(n):  # segments are independent
-        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf)
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf, 0, 0)
     return dist, hit
 
 
@@ -229,7 +234,7 @@ def bvh_segment_distance_serial(P0, P1, bmin, bmax, centre, radius, starts, coun
     hit = np.zeros(n, np.bool_)
     first_leaf = (1 << depth) - 1
     for s in range(n):
-        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf)
+        dist[s], hit[s] = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth, order, A, B, C, tri_c, tri_r, bound[s], shrink, first_leaf, 0, 0)
     return dist, hit
 
 
@@ -445,6 +450,48 @@ def _trace_min1(F, M, o, T, D, s, t, t_end, radius, smin, stop_below, max_steps)
     return f_min, f_t
 
 
+@njit(cache=True, inline="always")
+def _trace_one(s, T, D, body, ML, oL, skin, F, MG, oG, hiG, reach, stop_below, cannula_in_body, r32, s32, t_body, t_skin, t_can, f_out, t_out, f_in, t_in):
+    """One iteration of :func:`trace_candidates` (writes index ``s`` of the outputs)."""
+    tb = 0.0
+    for _ in range(200):
+        v = _tri1(body, ML, oL, T[s, 0] + tb * D[s, 0], T[s, 1] + tb * D[s, 1], T[s, 2] + tb * D[s, 2])
+        if v >= 0.0:
+            break
+        tb += max(-v, np.float32(0.25))
+    t_body[s] = tb
+    t = tb
+    tsk = np.nan
+    for _ in range(500):
+        x = T[s, 0] + t * D[s, 0]
+        y = T[s, 1] + t * D[s, 1]
+        z = T[s, 2] + t * D[s, 2]
+        g = _tri1(skin, MG, oG, x, y, z)
+        if g >= 0.0:
+            tsk = t
+            break
+        t += max(-g, s32)
+        qi = x * MG[0, 0] + y * MG[1, 0] + z * MG[2, 0] + oG[0]
+        qj = x * MG[0, 1] + y * MG[1, 1] + z * MG[2, 1] + oG[1]
+        qk = x * MG[0, 2] + y * MG[1, 2] + z * MG[2, 2] + oG[2]
+        ins = qi >= 1.0 and qj >= 1.0 and qk >= 1.0 and qi <= hiG[0] - 1.0 and qj <= hiG[1] - 1.0 and qk <= hiG[2] - 1.0
+        if t > reach or not ins:
+            break
+    t_skin[s] = tsk
+    ts = reach if math.isnan(tsk) else tsk
+    tc = max(tb - cannula_in_body, 0.0)
+    t_can[s] = tc
+    fo, to = _trace_min1(F, MG, oG, T, D, s, tc, ts, r32, s32, stop_below, 4000)
+    f_out[s] = fo
+    t_out[s] = to
+    if fo >= stop_below:
+        fi, ti = _trace_min1(F, MG, oG, T, D, s, 0.0, tc, r32, s32, stop_below, 4000)
+        f_in[s] = fi
+        t_in[s] = ti
+    else:
+        f_in[s] = np.float32(np.inf)
+
+
 @njit(cache=True, parallel=True)
 def trace_candidates(T, D, body, ML, oL, skin, F, MG, oG, hiG, smin, reach, radius, stop_below, cannula_in_body):
     """Stage-1 traces of :func:`planner.solve.search.evaluate`, one compiled pass per ray.
@@ -477,44 +524,45 @@ def trace_candidates(T, D, body, ML, oL, skin, F, MG, oG, hiG, smin, reach, radi
     r32 = np.float32(radius)
     s32 = np.float32(smin)
     for s in prange(n):
-        tb = 0.0
-        for _ in range(200):
-            v = _tri1(body, ML, oL, T[s, 0] + tb * D[s, 0], T[s, 1] + tb * D[s, 1], T[s, 2] + tb * D[s, 2])
-            if v >= 0.0:
-                break
-            tb += max(-v, np.float32(0.25))
-        t_body[s] = tb
-        t = tb
-        tsk = np.nan
-        for _ in range(500):
-            x = T[s, 0] + t * D[s, 0]
-            y = T[s, 1] + t * D[s, 1]
-            z = T[s, 2] + t * D[s, 2]
-            g = _tri1(skin, MG, oG, x, y, z)
-            if g >= 0.0:
-                tsk = t
-                break
-            t += max(-g, s32)
-            qi = x * MG[0, 0] + y * MG[1, 0] + z * MG[2, 0] + oG[0]
-            qj = x * MG[0, 1] + y * MG[1, 1] + z * MG[2, 1] + oG[1]
-            qk = x * MG[0, 2] + y * MG[1, 2] + z * MG[2, 2] + oG[2]
-            ins = qi >= 1.0 and qj >= 1.0 and qk >= 1.0 and qi <= hiG[0] - 1.0 and qj <= hiG[1] - 1.0 and qk <= hiG[2] - 1.0
-            if t > reach or not ins:
-                break
-        t_skin[s] = tsk
-        ts = reach if math.isnan(tsk) else tsk
-        tc = max(tb - cannula_in_body, 0.0)
-        t_can[s] = tc
-        fo, to = _trace_min1(F, MG, oG, T, D, s, tc, ts, r32, s32, stop_below, 4000)
-        f_out[s] = fo
-        t_out[s] = to
-        if fo >= stop_below:
-            fi, ti = _trace_min1(F, MG, oG, T, D, s, 0.0, tc, r32, s32, stop_below, 4000)
-            f_in[s] = fi
-            t_in[s] = ti
-        else:
-            f_in[s] = np.float32(np.inf)
+        _trace_one(s, T, D, body, ML, oL, skin, F, MG, oG, hiG, reach, stop_below, cannula_in_body, r32, s32, t_body, t_skin, t_can, f_out, t_out, f_in, t_in)
     return t_body, t_skin, t_can, f_out, t_out, f_in, t_in
+
+
+@njit(cache=True)
+def trace_candidates_serial(T, D, body, ML, oL, skin, F, MG, oG, hiG, smin, reach, radius, stop_below, cannula_in_body):
+    """:func:`trace_candidates` on the calling thread (a few rays: no thread start-up)."""
+    n = T.shape[0]
+    t_body = np.empty(n)
+    t_skin = np.empty(n)
+    t_can = np.empty(n)
+    f_out = np.empty(n, np.float32)
+    t_out = np.empty(n)
+    f_in = np.empty(n, np.float32)
+    t_in = np.zeros(n)
+    r32 = np.float32(radius)
+    s32 = np.float32(smin)
+    for s in range(n):
+        _trace_one(s, T, D, body, ML, oL, skin, F, MG, oG, hiG, reach, stop_below, cannula_in_body, r32, s32, t_body, t_skin, t_can, f_out, t_out, f_in, t_in)
+    return t_body, t_skin, t_can, f_out, t_out, f_in, t_in
+
+
+@njit(cache=True, inline="always")
+def _route_one(s, T, D, t_body, side, ped_left, ped_right, body, M, o, k, count, reentry):
+    """One iteration of :func:`route_samples` (writes index ``s`` of the outputs)."""
+    ped = ped_left if side[s] == 0 else ped_right
+    c = 0
+    re = False
+    for j in range(k.shape[0]):
+        t = t_body[s] + k[j]
+        x = T[s, 0] + t * D[s, 0]
+        y = T[s, 1] + t * D[s, 1]
+        z = T[s, 2] + t * D[s, 2]
+        if _tri1(ped, M, o, x, y, z) < 0.0:
+            c += 1
+        if _tri1(body, M, o, x, y, z) < -0.5:
+            re = True
+    count[s] = c
+    reentry[s] = re
 
 
 @njit(cache=True, parallel=True)
@@ -529,18 +577,89 @@ def route_samples(T, D, t_body, side, ped_left, ped_right, body, M, o, k):
     count = np.zeros(n, np.int64)
     reentry = np.zeros(n, np.bool_)
     for s in prange(n):
-        ped = ped_left if side[s] == 0 else ped_right
-        c = 0
-        re = False
-        for j in range(k.shape[0]):
-            t = t_body[s] + k[j]
-            x = T[s, 0] + t * D[s, 0]
-            y = T[s, 1] + t * D[s, 1]
-            z = T[s, 2] + t * D[s, 2]
-            if _tri1(ped, M, o, x, y, z) < 0.0:
-                c += 1
-            if _tri1(body, M, o, x, y, z) < -0.5:
-                re = True
-        count[s] = c
-        reentry[s] = re
+        _route_one(s, T, D, t_body, side, ped_left, ped_right, body, M, o, k, count, reentry)
     return count, reentry
+
+
+@njit(cache=True)
+def route_samples_serial(T, D, t_body, side, ped_left, ped_right, body, M, o, k):
+    """:func:`route_samples` on the calling thread (a few candidates: no thread start-up)."""
+    n = T.shape[0]
+    count = np.zeros(n, np.int64)
+    reentry = np.zeros(n, np.bool_)
+    for s in range(n):
+        _route_one(s, T, D, t_body, side, ped_left, ped_right, body, M, o, k, count, reentry)
+    return count, reentry
+
+
+@njit(cache=True, inline="always")
+def _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+                bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag):
+    """One segment of :func:`forest_clearances` (writes row ``s`` of the outputs)."""
+    p0 = P0[s]
+    p1 = P1[s]
+    lo0, lo1, lo2 = min(p0[0], p1[0]), min(p0[1], p1[1]), min(p0[2], p1[2])
+    hi0, hi1, hi2 = max(p0[0], p1[0]), max(p0[1], p1[1]), max(p0[2], p1[2])
+    for q in range(visit.shape[0]):
+        k = visit[q]
+        c = cls[k]
+        cur = best[s, c]
+        gx = max(max(lbmin[k, 0] - hi0, lo0 - lbmax[k, 0]), 0.0)
+        gy = max(max(lbmin[k, 1] - hi1, lo1 - lbmax[k, 1]), 0.0)
+        gz = max(max(lbmin[k, 2] - hi2, lo2 - lbmax[k, 2]), 0.0)
+        lb = math.sqrt(gx * gx + gy * gy + gz * gz)
+        if not (lb < min(cur, cull) or (lb <= 0.0 and cur <= 0.0)):
+            continue
+        bound = min(max(cur, 1e-6), cull) if cur > 0.0 else cull
+        d, h = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth[k], order, A, B, C, tri_c, tri_r,
+                        bound, 1.0, (1 << depth[k]) - 1, node_off[k], leaf_off[k])
+        boxed = True
+        for a in range(3):
+            if not (p0[a] >= mbmin[k, a] and p0[a] <= mbmax[k, a] and p1[a] >= mbmin[k, a] and p1[a] <= mbmax[k, a]):
+                boxed = False
+        if h or d <= TOUCH_MM or boxed:
+            flag[s] = True  # may be inside the solid: the caller's signed path decides
+            return
+        if d < cur:
+            best[s, c] = d
+            who[s, c] = k
+
+
+@njit(cache=True, parallel=True)
+def forest_clearances(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+                      bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r):
+    """Per obstacle class, the exact distance of each segment to the nearest of several
+    meshes packed together (the loop of :func:`planner.solve.plan.exact_clearances` in one
+    compiled pass; segments in parallel).
+
+    Meshes are visited in the order ``visit``; mesh ``k`` (class ``cls[k]``) is queried for
+    a segment when its box lower bound (``lbmin``/``lbmax``) beats the class's best so far
+    and ``cull``, bounded by that best (:func:`bvh_segment_distance`; its nodes start at
+    ``node_off[k]``, its leaves at ``leaf_off[k]``, tree depth ``depth[k]``).  A segment
+    that touches a queried mesh, or lies within its bounds ``mbmin``/``mbmax`` (it may be
+    inside), is **flagged** and left for the caller's signed computation.  Returns
+    ``best`` (n, n_cls) (``+inf`` where no mesh was closer than the cull), ``who`` (the
+    mesh index, -1) and ``flag`` (n,).
+    """
+    n = P0.shape[0]
+    best = np.full((n, n_cls), np.inf)
+    who = np.full((n, n_cls), -1, np.int64)
+    flag = np.zeros(n, np.bool_)
+    for s in prange(n):
+        _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+                    bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag)
+    return best, who, flag
+
+
+@njit(cache=True)
+def forest_clearances_serial(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+                             bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r):
+    """:func:`forest_clearances` on the calling thread (a few segments: no thread start-up)."""
+    n = P0.shape[0]
+    best = np.full((n, n_cls), np.inf)
+    who = np.full((n, n_cls), -1, np.int64)
+    flag = np.zeros(n, np.bool_)
+    for s in range(n):
+        _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+                    bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag)
+    return best, who, flag

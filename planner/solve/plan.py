@@ -77,11 +77,31 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
         gap = np.maximum(np.maximum(bmin[None] - smax[:, None], smin[:, None] - bmax[None]), 0.0)
         lb = np.sqrt((gap**2).sum(-1))  # (n, m)
         order = np.lexsort((np.arange(len(names)), lb.min(0)))
-        for k in order:
+        # the compiled pass does every segment that stays outside every structure it comes
+        # near; the others (touching or possibly inside one: a signed, negative clearance)
+        # go through the loop below, with the same visiting order
+        todo = np.ones(n, bool)
+        forest = _level_forest(scene, level)
+        if forest is not None:
+            from planner.solve import kernels
+
+            fn = kernels.forest_clearances_serial if n < FOREST_SERIAL_BELOW else kernels.forest_clearances
+            cls_idx = np.array([OBSTACLE_CLASSES.index(c) for c in classes], np.int64)
+            best, who, flag = fn(np.ascontiguousarray(p0), np.ascontiguousarray(p1), order.astype(np.int64),
+                                 np.ascontiguousarray(bmin), np.ascontiguousarray(bmax), cls_idx,
+                                 len(OBSTACLE_CLASSES), EXACT_CULL_MM + 5.0, *forest)
+            todo = flag
+            for ci, cls in enumerate(OBSTACLE_CLASSES):
+                cur, nm = out[cls]
+                done = np.flatnonzero(~flag & (who[:, ci] >= 0))
+                cur[done] = best[done, ci]
+                for i in done:
+                    nm[i] = names[who[i, ci]]
+        for k in order if todo.any() else ():
             cls = classes[k]
             cur = out[cls][0]
             # beats the best so far, or may be deeper inside than a penetration found so far
-            rows = np.flatnonzero((lb[:, k] < np.minimum(cur, EXACT_CULL_MM + 5.0)) | ((lb[:, k] <= 0.0) & (cur <= 0.0)))
+            rows = np.flatnonzero(todo & ((lb[:, k] < np.minimum(cur, EXACT_CULL_MM + 5.0)) | ((lb[:, k] <= 0.0) & (cur <= 0.0))))
             if not len(rows):
                 continue
             md = scene.mesh_distance(names[k])
@@ -99,6 +119,49 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
     better = d < cur
     out["hardware"] = (np.where(better, d, cur), [nm[i] if better[i] else names[i] for i in range(n)])
     return out
+
+
+#: Below this many segments the packed-mesh pass runs on the calling thread.
+FOREST_SERIAL_BELOW = 2
+
+
+def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, ...] | None:
+    """The exact-distance hierarchies of the level's obstacle meshes packed for
+    :func:`planner.solve.kernels.forest_clearances` (mesh bounds, node and leaf offsets,
+    depths, then the concatenated node, leaf and triangle arrays; leaf starts and triangle
+    order made global).  Cached on the scene; None without the compiled kernels."""
+    cache = scene.__dict__.setdefault("_forest", {})
+    if level in cache:
+        return cache[level]
+    from planner.solve import exact
+
+    if exact._kernels() is None:
+        cache[level] = None
+        return None
+    names = _level_obstacles(scene, level)[0]
+    mds = [scene.mesh_distance(nm) for nm in names]
+    flats = [md._flat() for md in mds]
+    n_nodes = np.array([len(f[0]) for f in flats], np.int64)
+    n_leaves = np.array([len(f[4]) for f in flats], np.int64)
+    n_tri = np.array([len(md.A) for md in mds], np.int64)
+    node_off = np.concatenate([[0], np.cumsum(n_nodes)[:-1]]).astype(np.int64)
+    leaf_off = np.concatenate([[0], np.cumsum(n_leaves)[:-1]]).astype(np.int64)
+    tri_off = np.concatenate([[0], np.cumsum(n_tri)[:-1]]).astype(np.int64)
+
+    def cat(arrs, dtype=float, shape=(0, 3)):
+        return np.ascontiguousarray(np.concatenate(arrs)) if arrs else np.zeros(shape, dtype)
+
+    packed = (
+        cat([md.bounds[0][None] for md in mds]), cat([md.bounds[1][None] for md in mds]),
+        node_off, leaf_off, np.array([int(md.depth) for md in mds], np.int64),
+        cat([f[0] for f in flats]), cat([f[1] for f in flats]), cat([f[2] for f in flats]), cat([f[3] for f in flats], shape=(0,)),
+        cat([f[4] + o for f, o in zip(flats, tri_off)], np.int64, (0,)), cat([f[5] for f in flats], np.int64, (0,)),
+        cat([md.order + o for md, o in zip(mds, tri_off)], np.int64, (0,)),
+        cat([md.A for md in mds]), cat([md.B for md in mds]), cat([md.C for md in mds]),
+        cat([md.centroids for md in mds]), cat([md.tri_radius for md in mds], shape=(0,)),
+    )
+    cache[level] = packed
+    return packed
 
 
 def level_obstacle_names(scene: Scene, level: str, geo: LevelGeometry | None = None) -> list[str]:
@@ -353,7 +416,9 @@ def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray, cap: float = 
     packed = scene.__dict__.get("_packed_solids")
     if packed is None:
         packed = scene._packed_solids = _packed_solids(solids)
-    fn = kernels.segment_solids_distance_serial if n < kernels.SERIAL_BELOW_SOLIDS else kernels.segment_solids_distance
+    # capped queries (curved-needle arcs) prune almost every solid at once: serial further up
+    serial_below = kernels.SERIAL_BELOW_SOLIDS * (16 if np.isfinite(cap) else 1)
+    fn = kernels.segment_solids_distance_serial if n < serial_below else kernels.segment_solids_distance
     d, who = fn(p0, p1, *packed, 1e-4, float(cap))
     return d, [solids[k].name if k >= 0 else "" for k in who]
 

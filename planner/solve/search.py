@@ -168,7 +168,9 @@ def evaluate(
     # going out.  One compiled pass per ray (:func:`planner.solve.kernels.trace_candidates`).
     stop_below = radius - float(tol) - 1.0
     f32 = np.float32
-    t_body, t_skin, t_cannula, f_out, t_out, f_in, t_in = kernels.trace_candidates(
+    serial = n < kernels.SERIAL_BELOW_RAYS
+    trace = kernels.trace_candidates_serial if serial else kernels.trace_candidates
+    t_body, t_skin, t_cannula, f_out, t_out, f_in, t_in = trace(
         np.ascontiguousarray(T), np.ascontiguousarray(D),
         np.ascontiguousarray(fields.body, dtype=f32), fields.local._M, fields.local._o,
         np.ascontiguousarray(fields.skin, dtype=f32), np.ascontiguousarray(fields.F, dtype=f32),
@@ -182,7 +184,7 @@ def evaluate(
     # 4. route: pedicle passage behind the body entry, then where the body is entered
     k = np.arange(1.0, 25.0, 2.0)
     loc = fields.local
-    inside_ped, reentry = kernels.route_samples(
+    inside_ped, reentry = (kernels.route_samples_serial if serial else kernels.route_samples)(
         T, np.ascontiguousarray(D), np.ascontiguousarray(t_body, dtype=np.float64), np.ascontiguousarray(side, dtype=np.int64),
         np.ascontiguousarray(fields.pedicle["left"], dtype=f32), np.ascontiguousarray(fields.pedicle["right"], dtype=f32),
         np.ascontiguousarray(fields.body, dtype=f32), loc._M, loc._o, k)
