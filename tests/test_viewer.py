@@ -613,6 +613,31 @@ def test_report_writes_images_and_manifest(plan, tmp_path, vtk_errors):
     assert "ERROR" not in vtk_errors.GetOutput(), vtk_errors.GetOutput()
 
 
+def test_report_fluoro_views_place_the_levels_instrument(plan, case, tmp_path, monkeypatch):
+    """The report's DRR views place the needle as the level's instrument does: a curved needle
+    as its cannula plus the arc, the tip (the curved stylet's working tip) at the arc's end."""
+    from planner import fluoro
+    from planner.viewer import report
+
+    got = {}
+
+    def capture(ct, traj, hardware, out, wall_points=None, **kw):
+        got["traj"] = traj
+        return {}
+
+    monkeypatch.setattr(fluoro, "write_view_pngs", capture)
+    c = plan.level("L3").recommended[0]
+    assert c.raw["verdict"]["instruments"] == ["vertebroplasty_straight", "vertebroplasty_curved"]
+    report._fluoro_views(case, None, c.raw, "L3", tmp_path, "vertebroplasty_curved")
+    t = got["traj"]
+    assert t.curve_lps is not None
+    np.testing.assert_allclose(t.target_lps, c.raw["cannula_tip_lps_mm"])
+    np.testing.assert_allclose(t.tip_lps, c.raw["curved"]["path_lps_mm"][-1])
+    report._fluoro_views(case, None, c.raw, "L3", tmp_path, "vertebroplasty_straight")
+    assert got["traj"].curve_lps is None
+    np.testing.assert_allclose(got["traj"].tip_lps, c.raw["target_lps_mm"])
+
+
 @pytest.mark.render
 def test_cli_view_off_screen_screenshot_and_errors(case, tmp_path, capsys):
     pytest.importorskip("pyvista")

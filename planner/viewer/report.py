@@ -9,8 +9,11 @@
     <LEVEL>/slice_<kind>.png       axial / sagittal / coronal CT through the target and the
                                    needle-aligned reformats (needle_axial, needle_sagittal,
                                    needle_perpendicular), bone window, path overlaid
-    <LEVEL>/fluoro/*.png           (optional) AP, lateral, bull's-eye, progression and best
-                                   oblique DRRs from :mod:`planner.fluoro` with ``views.json``
+    <LEVEL>/fluoro/*.png           (optional) AP, lateral, bull's-eye, progression and the
+                                   suggested tip/wall (best_oblique) and edge-on wall views
+                                   from :mod:`planner.fluoro`, with overlays and ``views.json``;
+                                   the needle as the level's instrument places it (a curved
+                                   needle's tip at its arc's end)
 
 plus ``plan.html`` (:mod:`planner.viewer.html`) and ``manifest.json`` (written last: what
 each file shows, the level's recommendation and the candidate the images follow).  A level
@@ -51,8 +54,17 @@ SLICE_IMAGES: dict[str, str] = {
 }
 
 
-def _fluoro_views(case_dir: Path, ct: Any, cand_raw: dict[str, Any], level: str, out: Path) -> dict[str, Any]:
-    """DRR views of one trajectory by :func:`planner.fluoro.write_view_pngs` (optional)."""
+def _fluoro_views(
+    case_dir: Path, ct: Any, cand_raw: dict[str, Any], level: str, out: Path, instrument: str | None = None
+) -> dict[str, Any]:
+    """DRR views of one trajectory by :func:`planner.fluoro.write_view_pngs` (optional).
+
+    The needle is placed as ``instrument`` places it (:meth:`planner.fluoro.Trajectory.
+    from_candidate`): the curved needle as its cannula plus the planned arc, so the views'
+    tip is the curved stylet's working tip at the arc's end.  The wall points are the
+    posterior wall between the pedicles within the band around that tip's height
+    (:func:`planner.fluoro.posterior_wall_points`), else, without wall at that height,
+    the whole wall between the pedicles."""
     try:
         from planner import fluoro
     except ImportError:  # pragma: no cover - fluoroscopy not installed
@@ -72,16 +84,21 @@ def _fluoro_views(case_dir: Path, ct: Any, cand_raw: dict[str, Any], level: str,
 
         sc = load_scene(case_dir)
         hardware = [*sc.screws, *sc.rods, *sc.crosslinks]
+    traj = fluoro.Trajectory.from_candidate(cand_raw, instrument)
     try:
         found = sorted(p for p in case_dir.glob("labels.*") if not p.name.endswith(".json"))
         if not found:
             raise FileNotFoundError(f"no labels image in {case_dir}")
         labels = read_volume(found[0])
-        wall = fluoro.posterior_wall_points(labels, level)
+        try:
+            wall = fluoro.posterior_wall_points(labels, level, tip_lps=traj.tip_lps)
+        except fluoro.FluoroError as exc:  # no wall at the tip's height: the whole wall between the pedicles
+            log.info("%s: %s; using the posterior wall between the pedicles", level, exc)
+            wall = fluoro.posterior_wall_points(labels, level)
     except Exception as exc:  # the wall term is optional for the views
         log.warning("no posterior-wall points for %s (%s); views without the wall term", level, exc)
         wall = None
-    written = fluoro.write_view_pngs(ct, cand_raw, hardware, out, wall_points=wall)
+    written = fluoro.write_view_pngs(ct, traj, hardware, out, wall_points=wall)
     return {
         "status": "ok",
         "files": {k: str(Path("fluoro") / Path(v).name) for k, v in sorted(written.items())},
@@ -209,7 +226,7 @@ def write_report(
                     })
                 if fluoro:
                     try:
-                        entry["fluoro"] = _fluoro_views(pd.case_dir, ct_vol, c.raw, name, ldir / "fluoro")
+                        entry["fluoro"] = _fluoro_views(pd.case_dir, ct_vol, c.raw, name, ldir / "fluoro", inst)
                     except Exception as exc:  # optional: the report stands without it
                         log.warning("fluoroscopy views of %s failed: %s", name, exc)
                         entry["fluoro"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
