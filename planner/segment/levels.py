@@ -239,9 +239,23 @@ PEDICLE_SLAB_MM: tuple[float, float] = (1.0, 5.0)
 #: ~18 mm): bone bridged by streaks behind the wall is not a pedicle. [U]
 PEDICLE_MAX_RADIUS_MM: float = 9.0
 
-#: ... and widens into the body by this factor (the cross-section is taken near the
-#: isthmus, the narrowest part; pedicles flare towards the body). [U]
-PEDICLE_ROOT_WIDENING: float = 1.15
+#: ... and widens into the body up to this factor at the root's end, linearly from the slab
+#: (the cross-section is taken near the isthmus, the narrowest part; pedicles flare towards
+#: the body, by about a quarter of their width where their cortex meets the body's). [U]
+PEDICLE_ROOT_WIDENING: float = 1.25
+
+#: Slab (mm behind the posterior wall) whose cross-section centroids give the pedicle's
+#: axis: the pedicle proper, in front of the articular and transverse processes, which
+#: spring from it ~8-12 mm behind the wall. [U]
+PEDICLE_AXIS_SLAB_MM: tuple[float, float] = (0.5, 7.0)
+
+#: Pedicle bone lies at most this far (mm) beyond the body's half width (the pedicle's
+#: centre is inside the body's outline; its lateral wall may bulge ~half a width out). [U]
+PEDICLE_LATERAL_MARGIN_MM: float = 3.0
+
+#: Largest pedicle axis slopes (du/dv, dw/dv): tan 35 deg transverse (L5/S1 converge up to
+#: ~30 deg), tan 25 deg sagittal. [U]
+PEDICLE_MAX_SLOPE: tuple[float, float] = (0.70, 0.47)
 
 #: ... and roots start this fraction of the wall's depth behind the body centre (the
 #: pedicle's cortex reaches about half way into the body). [U]
@@ -350,6 +364,32 @@ def _extruded_depth(a: np.ndarray, b: np.ndarray, slab: np.ndarray, body: np.nda
     return d[np.round((a[body] - lo[0]) / step).astype(int), np.round((b[body] - lo[1]) / step).astype(int)]
 
 
+def _pedicle_axis(u: np.ndarray, v: np.ndarray, w: np.ndarray, sel: np.ndarray, step: float) -> tuple[float, float]:
+    """Slopes ``(du/dv, dw/dv)`` of a pedicle's axis from the centroids of its cross-sections
+    (bins of ``step`` mm along v) of the voxels ``sel`` behind the wall; 0 when too few bins.
+
+    Pedicles converge towards the body (transverse angle ~5-10 deg thoracic, 10-30 deg
+    lumbar) and tilt in the sagittal plane: an extrusion straight along v puts the root of
+    a converging pedicle several mm lateral of where it meets the body.  Slopes are clipped
+    to :data:`PEDICLE_MAX_SLOPE`.
+    """
+    if sel.sum() < 10:
+        return 0.0, 0.0
+    vs, us, ws = v[sel], u[sel], w[sel]
+    k = np.floor((vs - vs.min()) / step).astype(int)
+    n = np.bincount(k)
+    good = n >= 3
+    if good.sum() < 3:
+        return 0.0, 0.0
+    cv = np.bincount(k, vs)[good] / n[good]
+    cu = np.bincount(k, us)[good] / n[good]
+    cw = np.bincount(k, ws)[good] / n[good]
+    wt = n[good].astype(float)
+    su = float(np.polyfit(cv, cu, 1, w=np.sqrt(wt))[0])
+    sw = float(np.polyfit(cv, cw, 1, w=np.sqrt(wt))[0])
+    return float(np.clip(su, -PEDICLE_MAX_SLOPE[0], PEDICLE_MAX_SLOPE[0])), float(np.clip(sw, -PEDICLE_MAX_SLOPE[1], PEDICLE_MAX_SLOPE[1]))
+
+
 def _pedicle_roots(
     u: np.ndarray,
     v: np.ndarray,
@@ -358,27 +398,69 @@ def _pedicle_roots(
     wall_at: np.ndarray,
     depth: np.ndarray,
     step: float,
+    half_widths: tuple[float, float] = (np.inf, np.inf),
 ) -> np.ndarray:
     """Body voxels that belong to a pedicle root (see :data:`PEDICLE_SLAB_MM`).
 
-    The cross-section of the bone in the slab behind the wall, projected on the (u, w) plane,
-    gives every (u, w) column the depth inside the pedicle (2-D distance map); the body
-    voxel's depth (``depth``, per body voxel) is its 3-D distance to the body's surface.
-    The deeper one wins.
+    Only bone within the body's half width (``half_widths``: left, right, mm) plus
+    :data:`PEDICLE_LATERAL_MARGIN_MM` counts as pedicle (rib heads and transverse processes
+    beside the pedicle would pull its axis and widen its cross-section).  Per side, the pedicle's axis is fitted to its cross-sections behind the wall
+    (:func:`_pedicle_axis`, slab :data:`PEDICLE_AXIS_SLAB_MM`).  The cross-section of the
+    bone in the slab :data:`PEDICLE_SLAB_MM` behind the wall, projected along that axis on
+    a plane normal to v, gives every body voxel (projected the same way) its depth inside
+    the pedicle (2-D distance map), widened towards the body (:data:`PEDICLE_ROOT_WIDENING`
+    at the root's end, linear from 1 at the slab); the root ends
+    :data:`PEDICLE_ROOT_START` x the wall's depth behind the body centre with a round cap.
+    The body voxel's depth (``depth``) is its 3-D distance to the body's surface.  The
+    deeper one wins (the part whose surface is farther away owns the voxel).
     """
     out = np.zeros(body.shape, bool)
     behind = v - wall_at
-    # pedicles flank the canal: the midline strip is never a pedicle root
-    slab = (behind > PEDICLE_SLAB_MM[0]) & (behind <= PEDICLE_SLAB_MM[1]) & ~body & (np.abs(u) >= MIDLINE_HALF_WIDTH_MM)
     bw = w[body]
-    slab &= (w >= bw.min()) & (w <= bw.max())
-    if slab.sum() < 5:
-        return out
-    dp = np.minimum(PEDICLE_ROOT_WIDENING * _extruded_depth(u, w, slab, body, step), PEDICLE_MAX_RADIUS_MM)
+    inw = (w >= bw.min()) & (w <= bw.max())
     wall0 = float(np.min(wall_at))
-    root = (dp > depth) & (v[body] > PEDICLE_ROOT_START * wall0) & (np.abs(u[body]) >= MIDLINE_HALF_WIDTH_MM)
-    out[np.flatnonzero(body)[root]] = True
+    v_end = PEDICLE_ROOT_START * wall0
+    bidx = np.flatnonzero(body)
+    ub, vb, wb = u[body], v[body], w[body]
+    for side, hw_side in zip((1.0, -1.0), half_widths):
+        # pedicles flank the canal: the midline strip is never a pedicle root
+        lateral = (side * u >= MIDLINE_HALF_WIDTH_MM) & (side * u <= hw_side + PEDICLE_LATERAL_MARGIN_MM) & ~body & inw
+        slab = lateral & (behind > PEDICLE_SLAB_MM[0]) & (behind <= PEDICLE_SLAB_MM[1])
+        if slab.sum() < 5:
+            continue
+        ax_sel = lateral & (behind > PEDICLE_AXIS_SLAB_MM[0]) & (behind <= PEDICLE_AXIS_SLAB_MM[1])
+        su, sw = _pedicle_axis(u, v, w, ax_sel, step)
+        v_ref = float(np.median(v[slab]))
+        a_s, b_s = u[slab] - su * (v[slab] - v_ref), w[slab] - sw * (v[slab] - v_ref)
+        cand = (side * ub >= MIDLINE_HALF_WIDTH_MM) & (vb > v_end - PEDICLE_MAX_RADIUS_MM)
+        if not cand.any():
+            continue
+        a_b, b_b = ub[cand] - su * (vb[cand] - v_ref), wb[cand] - sw * (vb[cand] - v_ref)
+        d2 = _extruded_depth_pts(a_s, b_s, a_b, b_b, step)
+        r = float(d2.max()) if d2.size else 0.0
+        t = np.clip((v_ref - vb[cand]) / max(v_ref - v_end, 1.0), 0.0, 1.0)
+        grow = 1.0 + (PEDICLE_ROOT_WIDENING - 1.0) * t
+        dp = np.minimum(grow * d2, PEDICLE_MAX_RADIUS_MM)
+        # round end: beyond v_end the depth is that inside a sphere cap of the tube
+        beyond = np.maximum(v_end - vb[cand], 0.0)
+        rr = np.minimum(grow * r, PEDICLE_MAX_RADIUS_MM)
+        dp = np.where(beyond > 0, rr - np.sqrt(np.maximum(rr - dp, 0.0) ** 2 + beyond**2), dp)
+        root = dp > depth[cand]
+        out[bidx[np.flatnonzero(cand)[root]]] = True
     return out
+
+
+def _extruded_depth_pts(a_s: np.ndarray, b_s: np.ndarray, a: np.ndarray, b: np.ndarray, step: float) -> np.ndarray:
+    """2-D depth (mm) of points ``(a, b)`` inside the filled cross-section of the points
+    ``(a_s, b_s)`` (rasterised at ``step`` mm, closed once, holes filled); 0 outside."""
+    lo = np.array([min(a.min(), a_s.min()), min(b.min(), b_s.min())]) - 3 * step
+    hi = np.array([max(a.max(), a_s.max()), max(b.max(), b_s.max())]) + 3 * step
+    dims = np.ceil((hi - lo) / step).astype(int) + 1
+    cs = np.zeros(dims, bool)
+    cs[np.round((a_s - lo[0]) / step).astype(int), np.round((b_s - lo[1]) / step).astype(int)] = True
+    cs = ndi.binary_fill_holes(ndi.binary_closing(cs, iterations=1, border_value=0))
+    d = ndi.distance_transform_edt(cs, sampling=step)
+    return d[np.round((a - lo[0]) / step).astype(int), np.round((b - lo[1]) / step).astype(int)]
 
 
 def _lateral_roots(
@@ -529,7 +611,7 @@ def split_parts(
         root = np.zeros(body.shape, bool)
         if body.any():
             depth = _body_depth(body, ijk, sp)
-            root = _pedicle_roots(u, v, w, body, wall_at, depth, max(st_u, st_w))
+            root = _pedicle_roots(u, v, w, body, wall_at, depth, max(st_u, st_w), (hw_l, hw_r))
             if capped:
                 root |= _lateral_roots(u, v, w, body, (ol, orr), depth, max(st_v, st_w))
         body_outline = body  # for the left/right balance (roots depend on screws and streaks)
