@@ -138,12 +138,12 @@ def test_levels_without_anchor_thoracic_only_asks_for_anchor():
 
 
 _DICE_MEASURED = {
-    "case_example": "min 0.898 (S1: the sacral alae's roots inside the body outline; S1's ground-truth "
-    "body is also cut by the image border), L4 0.946, L5 0.955, T11-L3 0.959-0.979; MSD 0.18-0.74 mm",
-    "t11_l3_laminectomy": "min 0.927 (L1, crush fracture), others 0.960-0.982; MSD 0.15-0.40 mm",
-    "midthoracic_costovertebral": "min 0.882 (T3, top vertebra, frame turned), T6 0.893 (resected), "
-    "T4 0.930, T5/T7-T9 0.965-0.981; MSD 0.13-1.20 mm",
-    "osteoporotic_no_hardware": "min 0.924 (T11, rib heads and pedicle roots), L1-L3 0.947-0.966; MSD 0.30-0.81 mm",
+    "case_example": "min 0.850 (S1: the sacral alae's roots inside the body outline; S1's ground-truth "
+    "body is also cut by the image border), T11-L5 0.955-0.980; MSD 0.18-0.52 mm, S1 1.28 mm",
+    "midthoracic_costovertebral": "min 0.918 (T4, rib heads inside the body outline), T5 0.937, T3 0.942, "
+    "T6-T9 0.958-0.978; MSD 0.16-0.73 mm",
+    "osteoporotic_no_hardware": "min 0.934 (T11, rib heads and pedicle roots), L2 0.947, T12 0.952, L1/L3 0.962-0.968; "
+    "MSD 0.27-0.78 mm",
 }
 
 
@@ -151,6 +151,8 @@ _DICE_MEASURED = {
     "name",
     [
         pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="target Dice >= 0.95 and MSD <= 0.5 mm; measured " + _DICE_MEASURED[n]))
+        if n in _DICE_MEASURED
+        else n
         for n in PRESETS
     ],
 )
@@ -194,12 +196,13 @@ def test_no_false_fractures(name):
 
 
 _RESECTIONS_MEASURED = {
-    "case_example": "L4 left facetectomy found; false: L3/L5 laminectomy, L2 facetectomies, L4 right "
-    "facetectomy, L4 left vertebrectomy (wedge fracture read as asymmetry)",
-    "midthoracic_costovertebral": "T6 laminectomy and rib-head resection found, T6 left vertebrectomy "
-    "missed; false: T3 left rib-head resection (top vertebra)",
-    "osteoporotic_no_hardware": "no resections; false: L1/L3 laminectomy, L1/L3 pediclectomy, T12 right "
-    "facetectomy (without screws the flood from the bodies gives L1's and L3's arches to L2)",
+    "case_example": "L4 left facetectomy found; false: L4 right facetectomy, L5 laminectomy (S1 takes L5's "
+    "arch), T11 laminectomy (top vertebra)",
+    "midthoracic_costovertebral": "T6 rib-head resection found, T6 laminectomy and T6 left vertebrectomy "
+    "missed; false: T3 right vertebrectomy, T6 left pediclectomy",
+    "osteoporotic_no_hardware": "no resections; false: T11 laminectomy (top vertebra)",
+    "t11_l3_laminectomy": "L1 laminectomy and T12 left facetectomy found, T12 right facetectomy missed (its "
+    "joint at ~0.5 of the neighbouring joints', the call needs < 0.45)",
 }
 
 

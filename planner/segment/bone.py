@@ -91,6 +91,16 @@ DISC_MAX_VOXELS: int = 3
 #: cortical bone (~1900 HU) and below titanium (> 3000 HU, or the 3071 HU 12-bit cap). [U]
 METAL_HU: float = 2500.0
 
+#: Metal counts as bone for the assignment of the posterior elements only within this
+#: distance (mm) of non-metal bone: a screw shaft inside its pedicle (radius <= 3.75 mm) is
+#: within it, a rod lying in the tulips ~10 mm behind the arches is not. [U]
+METAL_FLOOD_MAX_MM: float = 4.0
+
+#: Bodies are grown this far (mm) through the bone at equal speed before the watershed
+#: assigns the posterior elements: through their pedicles (wall to lamina ~10-20 mm) but
+#: not to the articular processes, ~20 mm or more behind the wall. [U]
+PEDICLE_GROW_MM: float = 26.0
+
 #: Bone components smaller than this (mm^3) are noise or calcifications. [U]
 MIN_BONE_COMPONENT_MM3: float = 200.0
 
@@ -639,15 +649,35 @@ def _column_chain(ids: list[int], info: dict[int, dict], same_bone: Any = None) 
     return groups
 
 
-def _assign_vertebrae(bone_c: np.ndarray, edt: np.ndarray, pieces: np.ndarray, bodies: list[dict]) -> np.ndarray:
-    """Coarse vertebra ids 1..n (cranial to caudal) by a watershed from the bodies."""
+def _assign_vertebrae(bone_c: np.ndarray, metal_c: np.ndarray, body_c: np.ndarray, sp_c: np.ndarray) -> np.ndarray:
+    """Coarse vertebra ids 1..n (cranial to caudal): the bodies (``body_c``, ids 1..n) grown
+    :data:`PEDICLE_GROW_MM` through the bone at equal speed, then a watershed of the
+    negative distance map.
+
+    The posterior elements of neighbouring vertebrae touch at the facet joints and between
+    the spinous processes (gaps of 1-2 mm close on the coarse grid), so the whole column's
+    arches are one thick chain.  A watershed straight from the bodies lets the body with the
+    thickest pedicles take its neighbours' arches before their own thinner (or screw-filled)
+    pedicles let their flood through (on case_example L4 took L2's, L3's and L5's arches,
+    on osteoporotic_no_hardware L2 took L1's and L3's).  Grown first through their own
+    pedicles, all bodies reach their arches at the same time.  Screws fill their pedicles:
+    metal counts as bone, but only within :data:`METAL_FLOOD_MAX_MM` of non-metal bone
+    (rods, cross-links and tulips behind the arches would join every instrumented level).
+    """
     from skimage.segmentation import watershed
 
-    lut = np.zeros(int(pieces.max()) + 1, np.int32)
-    for n, b in enumerate(bodies, start=1):
-        lut[b["pieces"]] = n
-    markers = lut[pieces]
-    return watershed(-edt, markers, mask=bone_c).astype(np.int32)
+    flood = bone_c
+    if metal_c is not None and metal_c.any():
+        far = ndi.distance_transform_edt(~(bone_c & ~metal_c), sampling=sp_c) > METAL_FLOOD_MAX_MM
+        flood = bone_c & ~(metal_c & far)
+    markers = np.where(flood, body_c, 0).astype(np.int32)
+    n_grow = int(round(PEDICLE_GROW_MM / float(np.mean(sp_c))))
+    st = ndi.generate_binary_structure(3, 1)
+    for _ in range(n_grow):
+        grown = ndi.grey_dilation(markers, footprint=st)
+        markers = np.where((markers == 0) & flood, grown, markers)
+    edt = ndi.distance_transform_edt(flood, sampling=sp_c).astype(np.float32)
+    return watershed(-edt, markers, mask=flood).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -750,13 +780,10 @@ def segment_bone(
             details={"found": [], "bone_volume_mm3": float(bone.sum() * np.prod(sp_w))},
         )
     t = time.perf_counter()
-    # screws fill their pedicles: for the flood from the bodies metal counts as bone, so
-    # instrumented pedicles (not the facet joints) lead to the posterior elements
-    edt_a = ndi.distance_transform_edt(bone_c, sampling=sp_c).astype(np.float32)
-    vert_c = _assign_vertebrae(bone_c, edt_a, pieces, bodies)
-    body_c = np.zeros_like(vert_c)
+    body_c = np.zeros(pieces.shape, np.int32)
     for n, b in enumerate(bodies, start=1):
         body_c[np.isin(pieces, b["pieces"])] = n
+    vert_c = _assign_vertebrae(bone_c, metal_c, body_c, sp_c)
     # full-resolution (work grid) vertebra ids: nearest coarse id for every bone voxel
     vert = _upsample_labels(vert_c, f, bone_k.shape)
     body_seed = _upsample_labels(body_c, f, bone_k.shape)
@@ -778,7 +805,9 @@ def segment_bone(
     def k_to_lps(p_k: np.ndarray) -> np.ndarray:
         return canon.lps(((np.atleast_2d(p_k) + origin_w) * scale_w) + 0.5 * (scale_w - 1.0))
 
-    edt_w = ndi.distance_transform_edt(bone_k & ~metal_k, sampling=sp_w).astype(np.float32)
+    # metal counts as bone for the centres: a screw inside one side of a body (the other side
+    # without one) would otherwise push the core, and with it the frame, to the free side
+    edt_w = ndi.distance_transform_edt(bone_k, sampling=sp_w).astype(np.float32)
     frames = lv.vertebra_frames(vert, body_seed, len(bodies), sp_w, edt_w)
     del edt_w
     parts_k, part_info = lv.split_parts(vert, body_seed, frames, bone_k, hu_k, metal_k, sp_w)
