@@ -593,7 +593,7 @@ def route_samples_serial(T, D, t_body, side, ped_left, ped_right, body, M, o, k)
 
 
 @njit(cache=True, inline="always")
-def _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+def _forest_one(s, P0, P1, visit, gmap, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                 bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag):
     """One segment of :func:`forest_clearances` (writes row ``s`` of the outputs)."""
     p0 = P0[s]
@@ -611,11 +611,12 @@ def _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_of
         if not (lb < min(cur, cull) or (lb <= 0.0 and cur <= 0.0)):
             continue
         bound = min(max(cur, 1e-6), cull) if cur > 0.0 else cull
-        d, h = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth[k], order, A, B, C, tri_c, tri_r,
-                        bound, 1.0, (1 << depth[k]) - 1, node_off[k], leaf_off[k])
+        g = gmap[k]
+        d, h = _bvh_one(P0, P1, s, bmin, bmax, centre, radius, starts, counts, depth[g], order, A, B, C, tri_c, tri_r,
+                        bound, 1.0, (1 << depth[g]) - 1, node_off[g], leaf_off[g])
         boxed = True
         for a in range(3):
-            if not (p0[a] >= mbmin[k, a] and p0[a] <= mbmax[k, a] and p1[a] >= mbmin[k, a] and p1[a] <= mbmax[k, a]):
+            if not (p0[a] >= mbmin[g, a] and p0[a] <= mbmax[g, a] and p1[a] >= mbmin[g, a] and p1[a] <= mbmax[g, a]):
                 boxed = False
         if h or d <= TOUCH_MM or boxed:
             flag[s] = True  # may be inside the solid: the caller's signed path decides
@@ -626,7 +627,7 @@ def _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_of
 
 
 @njit(cache=True, parallel=True)
-def forest_clearances(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+def forest_clearances(P0, P1, visit, gmap, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                       bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r):
     """Per obstacle class, the exact distance of each segment to the nearest of several
     meshes packed together (the loop of :func:`planner.solve.plan.exact_clearances` in one
@@ -634,8 +635,9 @@ def forest_clearances(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbma
 
     Meshes are visited in the order ``visit``; mesh ``k`` (class ``cls[k]``) is queried for
     a segment when its box lower bound (``lbmin``/``lbmax``) beats the class's best so far
-    and ``cull``, bounded by that best (:func:`bvh_segment_distance`; its nodes start at
-    ``node_off[k]``, its leaves at ``leaf_off[k]``, tree depth ``depth[k]``).  A segment
+    and ``cull``, bounded by that best (:func:`bvh_segment_distance`).  Its hierarchy is
+    number ``g = gmap[k]`` of the pack: nodes from ``node_off[g]``, leaves from
+    ``leaf_off[g]``, tree depth ``depth[g]``, bounds ``mbmin[g]``/``mbmax[g]``.  A segment
     that touches a queried mesh, or lies within its bounds ``mbmin``/``mbmax`` (it may be
     inside), is **flagged** and left for the caller's signed computation.  Returns
     ``best`` (n, n_cls) (``+inf`` where no mesh was closer than the cull), ``who`` (the
@@ -646,13 +648,13 @@ def forest_clearances(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbma
     who = np.full((n, n_cls), -1, np.int64)
     flag = np.zeros(n, np.bool_)
     for s in prange(n):
-        _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+        _forest_one(s, P0, P1, visit, gmap, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                     bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag)
     return best, who, flag
 
 
 @njit(cache=True)
-def forest_clearances_serial(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+def forest_clearances_serial(P0, P1, visit, gmap, lbmin, lbmax, cls, n_cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                              bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r):
     """:func:`forest_clearances` on the calling thread (a few segments: no thread start-up)."""
     n = P0.shape[0]
@@ -660,6 +662,6 @@ def forest_clearances_serial(P0, P1, visit, lbmin, lbmax, cls, n_cls, cull, mbmi
     who = np.full((n, n_cls), -1, np.int64)
     flag = np.zeros(n, np.bool_)
     for s in range(n):
-        _forest_one(s, P0, P1, visit, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
+        _forest_one(s, P0, P1, visit, gmap, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                     bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag)
     return best, who, flag

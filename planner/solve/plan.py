@@ -87,9 +87,10 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
 
             fn = kernels.forest_clearances_serial if n < FOREST_SERIAL_BELOW else kernels.forest_clearances
             cls_idx = np.array([OBSTACLE_CLASSES.index(c) for c in classes], np.int64)
-            best, who, flag = fn(np.ascontiguousarray(p0), np.ascontiguousarray(p1), order.astype(np.int64),
+            gmap, packed = forest
+            best, who, flag = fn(np.ascontiguousarray(p0), np.ascontiguousarray(p1), order.astype(np.int64), gmap,
                                  np.ascontiguousarray(bmin), np.ascontiguousarray(bmax), cls_idx,
-                                 len(OBSTACLE_CLASSES), EXACT_CULL_MM + 5.0, *forest)
+                                 len(OBSTACLE_CLASSES), EXACT_CULL_MM + 5.0, *packed)
             todo = flag
             for ci, cls in enumerate(OBSTACLE_CLASSES):
                 cur, nm = out[cls]
@@ -125,21 +126,32 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
 FOREST_SERIAL_BELOW = 2
 
 
-def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, ...] | None:
-    """The exact-distance hierarchies of the level's obstacle meshes packed for
-    :func:`planner.solve.kernels.forest_clearances` (mesh bounds, node and leaf offsets,
-    depths, then the concatenated node, leaf and triangle arrays; leaf starts and triangle
-    order made global).  Cached on the scene; None without the compiled kernels."""
-    cache = scene.__dict__.setdefault("_forest", {})
-    if level in cache:
-        return cache[level]
+def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]] | None:
+    """The level's obstacle meshes in the scene's packed hierarchies (:func:`pack_meshes`):
+    (the index of each of the level's obstacles in the pack, the pack).  None without the
+    compiled kernels."""
     from planner.solve import exact
 
     if exact._kernels() is None:
-        cache[level] = None
         return None
     names = _level_obstacles(scene, level)[0]
-    mds = [scene.mesh_distance(nm) for nm in names]
+    pool = scene.__dict__.get("_mesh_pack")
+    if pool is None or any(nm not in pool[0] for nm in names):
+        pool = pack_meshes(scene, names)
+    index, packed = pool
+    return np.array([index[nm] for nm in names], np.int64), packed
+
+
+def pack_meshes(scene: Scene, names: list[str]) -> tuple[dict[str, int], tuple[np.ndarray, ...]]:
+    """Pack the exact-distance hierarchies of ``names`` (and of every mesh packed before)
+    for :func:`planner.solve.kernels.forest_clearances`: mesh bounds, node and leaf offsets,
+    depths, then the concatenated node, leaf and triangle arrays (leaf starts and triangle
+    order made global).  One copy per mesh: :func:`plan` packs every level's obstacles at
+    once.  Kept on the scene as ``(name -> index, arrays)``."""
+    old = scene.__dict__.get("_mesh_pack")
+    keep = list(old[0]) if old is not None else []
+    allnames = keep + [nm for nm in dict.fromkeys(names) if nm not in set(keep)]
+    mds = [scene.mesh_distance(nm) for nm in allnames]
     flats = [md._flat() for md in mds]
     n_nodes = np.array([len(f[0]) for f in flats], np.int64)
     n_leaves = np.array([len(f[4]) for f in flats], np.int64)
@@ -160,8 +172,9 @@ def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, ...] | None:
         cat([md.A for md in mds]), cat([md.B for md in mds]), cat([md.C for md in mds]),
         cat([md.centroids for md in mds]), cat([md.tri_radius for md in mds], shape=(0,)),
     )
-    cache[level] = packed
-    return packed
+    pool = ({nm: i for i, nm in enumerate(allnames)}, packed)
+    scene._mesh_pack = pool
+    return pool
 
 
 def level_obstacle_names(scene: Scene, level: str, geo: LevelGeometry | None = None) -> list[str]:
@@ -906,6 +919,10 @@ def plan(scene: Scene, levels: list[str], opt: SolverOptions | None = None) -> d
         raise SolverError("give at least one level to plan, e.g. --levels L3 L4", code="PLN-SOL-001")
     t0 = time.perf_counter()
     t_common = scene.prepare_fields(list(levels), opt)
+    from planner.solve import exact
+
+    if exact._kernels() is not None:  # every level's obstacle meshes packed once (one copy each)
+        pack_meshes(scene, [nm for lv in levels for nm in _level_obstacles(scene, lv)[0]])
     out_levels = [plan_level(scene, lv, opt) for lv in levels]
     if opt.weights["visibility"] > 0:
         for lv in out_levels:
