@@ -129,6 +129,33 @@ def test_lungs(case):
             assert np.all(S["aorta"].sdf(sub) > 0)
 
 
+def test_pleura_clear_of_the_costovertebral_corridor(case):
+    """The pleura lies against the lateral body anterior of the rib head and on the rib
+    necks, never inside bone nor around the pedicle between rib head and posterior
+    elements (the parapedicular / transpedicular corridor)."""
+    spec, frames, S, findings, bone = case
+    if "pleura" not in S:
+        return
+    parts = {n: sdf for b in bone if b.parts for n, sdf in b.parts.items()}
+    rng = np.random.default_rng(5)
+    for lev, f in frames.items():
+        if not lev.startswith("T"):
+            continue
+        loc = rng.uniform([-45, -10, -12], [45, 45, 12], (60000, 3))
+        pts = f.to_world(loc)
+        ins = S["pleura"].sdf(pts) < 0
+        for side in ("left", "right"):
+            ped = parts.get(f"{lev}_pedicle_{side}")
+            if ped is None or f"rib_head_{side}" not in f.landmarks:
+                continue
+            d = ped(pts[ins])
+            assert d.min() > 1.0, (lev, side, d.min())  # not inside bone (1.5 mm pleura gap)
+            v_head = (f.landmarks[f"rib_head_{side}"] - f.centre_lps) @ f.v
+            behind = loc[ins][:, 1] > v_head + 6.0  # well behind the head (frames tilt)
+            if behind.any():
+                assert d[behind].min() > 4.0, (lev, side, d[behind].min())
+
+
 def test_fluid_collection(case):
     spec, frames, S, findings, bone = case
     want = bool(spec.pathology.fluid)

@@ -141,8 +141,29 @@ PSOAS_HALF_MM: dict[str, tuple[float, float]] = {
 #: against the body (Im89 [V]); 1.5 mm soft tissue + 1.5 mm pleura [U].
 LUNG_GAP_MM: float = 3.0
 PLEURA_MM: float = 1.5
-#: Posterior lung limit: this far anterior of the transverse-process tips, mm [U: rib neck].
+#: Posterior lung limit: this far anterior of the transverse-process tips, mm.  With the
+#: TP's ~5 mm half-thickness (Jo23 [V]: TP 9-11 mm thick) and the pleura this puts the
+#: pleura ~11.5 mm deep to the posterior surface of the TP tip: CT of 42 adults at T4
+#: found 12 +- 2.7 mm from the TP tip to the pleura (and 21 +- 4.2 mm 25 mm from the
+#: midline) ("Computerized tomographic anatomic relationships of the thoracic
+#: paravertebral space", abstract [V]) [U: the phantom's value, inside that range].
 LUNG_POSTERIOR_MARGIN_MM: float = 8.0
+#: Posteromedial lung limit at the costovertebral junction.  The thoracic paravertebral
+#: space is a wedge bounded anterolaterally by the parietal pleura, posteriorly by the
+#: superior costotransverse ligament (TP above to the rib neck below) and cranio-caudally
+#: by the rib heads and necks; its base is the vertebral body, disc and foramen (BAPA
+#: thoracic paravertebral block page, cited in morphometry.md 7.2, and the paravertebral
+#: block chapter of Clinical Anesthesia Procedures (MGH) [S]).  So the pleura covers the
+#: lateral body anterior of the rib head and runs on along the anterior face of the rib
+#: head and neck: no lung lies posteromedial of the rib-neck line (head to tubercle), i.e.
+#: between rib head and pedicle, around the pedicle, foramen or canal.  The lung keeps
+#: this far anterolateral of the head-tubercle axis, mm [U: rib-neck radius 3.5 mm
+#: (vertebrae.RIB_RADII) plus LUNG_GAP_MM], interpolated over z between the levels' ribs
+#: (between two necks the costotransverse ligament closes the space at the same depth).
+#: Before this limit the lung filled the gaps between pedicle, rib neck and posterior
+#: elements (measured on midthoracic_costovertebral: pleura 1.5 mm from the whole length
+#: of every pedicle and from the TP), so no transpedicular path could keep 2 mm from it.
+LUNG_COSTOVERTEBRAL_OFFSET_MM: float = 6.5
 #: Rib neck envelope radius (rib head to TP tip), mm [U].
 RIB_NECK_RADIUS_MM: float = 7.0
 #: Diaphragm: posterior costophrenic recess at the T12/L1 junction (brief) rising anteriorly
@@ -212,14 +233,16 @@ def _eval_near(s: SDF, p: Array, margin: float = 2.0) -> Array:
     return out
 
 
-def _cut_all(d: Array, p: Array, cuts: Sequence[SDF], gap: float = 0.0) -> Array:
-    """``max(d, -(cut - gap))`` for every cut, evaluating cuts only where ``d < 0`` matters.
+def _cut_all(d: Array, p: Array, cuts: Sequence[SDF], gap: float = 0.0, band: float = 1.0) -> Array:
+    """``max(d, -(cut - gap))`` for every cut, evaluating cuts only where ``d <= band``.
 
-    Where ``d > 0`` the result keeps ``d`` (an under-estimate of the outside distance, safe
-    for the rasteriser's block test); elsewhere far cuts use their box distance.
+    Where ``d > band`` the result keeps ``d`` (an under-estimate of the outside distance, safe
+    for the rasteriser's block test); elsewhere far cuts use their box distance.  A shell
+    drawn from the result out to ``t`` mm (the pleura) needs ``band >= t``, or it appears
+    inside the cuts wherever ``d`` alone lies in ``(band, t)``.
     """
     out = d.copy()
-    inside = out <= 1.0
+    inside = out <= band
     if not inside.any():
         return out
     q = p[inside]
@@ -409,17 +432,29 @@ def _superellipse_radius(hw: float, hd: float, ang: float, e: float = DISC_EXPON
 
 
 # ---- intact bone (for carving) -----------------------------------------------------------------
-def _intact_bone(frames: Mapping[str, VertebraFrame]) -> tuple[dict[str, dict[str, SDF]], list[SDF]]:
-    """Intact bone parts per level (body, pedicles, posterior) and the ribs, as SDFs.
+def _intact_bone(frames: Mapping[str, VertebraFrame]
+                 ) -> tuple[dict[str, dict[str, SDF]], list[SDF], dict[str, list[tuple[Array, Array]]]]:
+    """Intact bone parts per level (body, pedicles, posterior), the ribs as SDFs, and the
+    rib-neck axes.
 
     Soft tissues drawn above bone (canal, sac, cord, roots, fluid) are carved with these
     so they never erase bone, and the lungs keep clear of them.  Uses the bone builder's
     intact-anatomy helpers (``intact_parts``, ``rib_sdf``).
+
+    Returns
+    -------
+    parts : dict level -> dict part -> SDF
+    ribs : list of SDF
+    necks : dict side -> list of (head, tubercle)
+        LPS points (3,) of each intact rib's head and tubercle (the neck axis), cranial to
+        caudal; a resected rib head keeps its intact position (the parietal pleura stays
+        where it was after an extrapleural resection [U]).
     """
     from planner.phantom import vertebrae as vb
 
     parts: dict[str, dict[str, SDF]] = {}
     ribs: list[SDF] = []
+    necks: dict[str, list[tuple[Array, Array]]] = {"left": [], "right": []}
     fr = dict(frames)
     for lev in fr:
         ip = vb.intact_parts(fr, lev)
@@ -427,8 +462,10 @@ def _intact_bone(frames: Mapping[str, VertebraFrame]) -> tuple[dict[str, dict[st
         if lev.startswith("T"):
             for side in ("left", "right"):
                 if f"_rib_head_{side}" in ip:
-                    ribs.append(vb.rib_sdf(fr, lev, side, ip)[0])
-    return parts, ribs
+                    sdf, info = vb.rib_sdf(fr, lev, side, ip)
+                    ribs.append(sdf)
+                    necks[side].append((np.asarray(info["head"], float), np.asarray(info["tubercle"], float)))
+    return parts, ribs, necks
 
 
 def _carved(s: SDF, cuts: Sequence[SDF], gap: float) -> SDF:
@@ -912,9 +949,43 @@ def _recess_z(spine: _Spine) -> float | None:
     return -np.inf
 
 
+def _neck_limit(necks: Sequence[tuple[Array, Array]], sg: float) -> Callable[[Array], Array] | None:
+    """Lower bound of the lung's signed distance from the posteromedial limit of one side.
+
+    In the axial slice of each point, the rib-neck line runs from the head to the tubercle,
+    both interpolated over z from the levels' ribs (clamped beyond the end ribs).  The
+    excluded region lies posteromedial of that line, offset anterolaterally by
+    :data:`LUNG_COSTOVERTEBRAL_OFFSET_MM`, and posterior of the rib head; the returned
+    value is positive inside it (a conservative distance, as the other cuts).
+    """
+    if not necks:
+        return None
+    H = np.array([h for h, _ in necks], float)
+    T = np.array([t for _, t in necks], float)
+    oh, ot = np.argsort(H[:, 2]), np.argsort(T[:, 2])
+
+    def g(p: Array) -> Array:
+        z = p[:, 2]
+        hx, hy = np.interp(z, H[oh, 2], H[oh, 0]), np.interp(z, H[oh, 2], H[oh, 1])
+        tx, ty = np.interp(z, T[ot, 2], T[ot, 0]), np.interp(z, T[ot, 2], T[ot, 1])
+        ax, ay = tx - hx, ty - hy
+        n = np.maximum(np.hypot(ax, ay), 1e-9)
+        # unit normal pointing posteromedially (LPS: +x left, +y posterior)
+        nx, ny = -sg * ay / n, sg * ax / n
+        s = (p[:, 0] - hx) * nx + (p[:, 1] - hy) * ny + LUNG_COSTOVERTEBRAL_OFFSET_MM
+        return np.minimum(s, p[:, 1] - hy)
+
+    return g
+
+
 def build_lungs(spec: CaseSpec, spine: _Spine, ol: _Outline, vessels: Sequence[SDF],
-                bone: Sequence[SDF] = ()) -> list[Structure]:
-    """Left and right lungs and the parietal pleura (axial-slice hemithorax minus envelopes)."""
+                bone: Sequence[SDF] = (), necks: Mapping[str, Sequence[tuple[Array, Array]]] | None = None
+                ) -> list[Structure]:
+    """Left and right lungs and the parietal pleura (axial-slice hemithorax minus envelopes).
+
+    ``necks`` (side -> list of rib (head, tubercle) LPS points, from :func:`_intact_bone`)
+    adds the posteromedial limit at the costovertebral junction (:func:`_neck_limit`).
+    """
     z_rec = _recess_z(spine)
     if z_rec is None:
         return []
@@ -942,6 +1013,7 @@ def build_lungs(spec: CaseSpec, spine: _Spine, ol: _Outline, vessels: Sequence[S
 
     def make(sg: float) -> Callable[[Array], Array]:
         raise_mm = RIGHT_DOME_RAISE_MM if sg < 0 else 0.0
+        neck = _neck_limit((necks or {}).get("left" if sg > 0 else "right", ()), sg)
 
         def f(p: Array) -> Array:
             z = p[:, 2]
@@ -963,7 +1035,10 @@ def build_lungs(spec: CaseSpec, spine: _Spine, ol: _Outline, vessels: Sequence[S
             if np.isfinite(z_rec):
                 floor = z_rec + raise_mm + DIAPHRAGM_SLOPE * np.maximum(y_ref - y, 0.0)
                 d = np.maximum(d, (floor - z) / np.sqrt(1 + DIAPHRAGM_SLOPE ** 2))
-            return _cut_all(d, p, env)
+            # cuts evaluated over the whole pleura shell (band), else a pleura sheet
+            # appears inside bone wherever the cavity bound alone is 1-1.5 mm outside
+            d = _cut_all(d, p, env, band=PLEURA_MM + 0.5)
+            return d if neck is None else np.maximum(d, neck(p))
 
         return f
 
@@ -1108,7 +1183,7 @@ def build_soft_tissue(
         ``{"fluid_collections": [{"level_from", "level_to", "kind", "volume_ml", ...}]}``.
     """
     spine = _Spine(spec, frames)
-    parts, ribs = _intact_bone(frames)
+    parts, ribs, necks = _intact_bone(frames)
     bone = [sdf for lev in parts for sdf in parts[lev].values()] + ribs
     structures: list[Structure] = []
     structures += build_discs(spec, spine)
@@ -1119,7 +1194,7 @@ def build_soft_tissue(
     outline, ol = build_outline(spec, spine)
     structures += outline
     structures.append(build_muscles(spec, spine, ol))
-    structures += build_lungs(spec, spine, ol, clear, bone)
+    structures += build_lungs(spec, spine, ol, clear, bone, necks)
     fluid, fl_findings = build_fluid(spec, spine, nr, parts)
     structures += fluid
     log.info("soft tissue: %d structures", len(structures))
