@@ -956,10 +956,15 @@ def _fill_visibility(scene: Scene, lv: dict[str, Any], opt: SolverOptions) -> No
     C-arm view search over 629 poses (:class:`planner.fluoro.views.ViewSearchSettings`:
     hardware overlap on the needle path, its tip and the posterior body wall between the
     pedicles); ``metrics.fluoro_visibility`` records the best view, the score term
-    ``visibility`` is ``1 - overlap`` of it.  A curved-needle-only candidate is seen as its
-    cannula plus the chosen arc, its tip the arc's end (the curved stylet's working tip);
-    any other candidate as the straight needle to its target.
+    ``visibility`` is ``1 - overlap`` of it.  A candidate is seen with the instrument it
+    would be placed with: the level's recommended procedure where the candidate allows it
+    (:meth:`planner.fluoro.views.Trajectory.from_candidate`), so a curved-needle
+    vertebroplasty is its cannula plus the chosen arc, its tip the arc's end (the curved
+    stylet's working tip), anything else the straight needle to its target.  The wall is
+    the band at the tip's height (the whole wall between the pedicles where that band is
+    empty), as in the report images (:mod:`planner.viewer.report`).
     """
+    from planner.fluoro import FluoroError
     from planner.fluoro.views import Trajectory, plan_views, posterior_wall_points
 
     cands = lv["candidates"]
@@ -968,17 +973,20 @@ def _fill_visibility(scene: Scene, lv: dict[str, Any], opt: SolverOptions) -> No
     level = lv["level"]
     pick = {c["id"] for c in cands[: max(int(opt.visibility_top_n), 0)]} | set(lv["recommendation"]["candidates"])
     hardware = list(scene.screws) + list(scene.rods) + list(scene.crosslinks)
-    wall = posterior_wall_points(scene.labels, level)
+    whole_wall = None
     w = opt.weights["visibility"]
+    procedure = lv["recommendation"].get("procedure")
     for c in cands:
         if c["id"] not in pick:
             continue
-        curved_only = c["verdict"]["instruments"] == ["vertebroplasty_curved"] and c.get("curved")
-        if curved_only:
-            traj = Trajectory(np.asarray(c["skin_entry_lps_mm"], float), np.asarray(c["cannula_tip_lps_mm"], float),
-                              curve_lps=np.asarray(c["curved"]["path_lps_mm"], float), name=c["id"])
-        else:
-            traj = Trajectory(np.asarray(c["skin_entry_lps_mm"], float), np.asarray(c["target_lps_mm"], float), name=c["id"])
+        use = procedure if procedure in c["verdict"]["instruments"] else None
+        traj = Trajectory.from_candidate(c, use, name=c["id"])
+        try:
+            wall = posterior_wall_points(scene.labels, level, tip_lps=traj.tip_lps)
+        except FluoroError:  # no wall at the tip's height
+            if whole_wall is None:
+                whole_wall = posterior_wall_points(scene.labels, level)
+            wall = whole_wall
         vp = plan_views(traj, hardware, wall)
         best = vp.best
         vis = float(vp.visibility)
