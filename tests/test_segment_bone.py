@@ -196,11 +196,6 @@ def test_no_false_fractures(name):
 
 
 _RESECTIONS_MEASURED = {
-    "case_example": "L4 left facetectomy found; false: L4 right facetectomy, L5 laminectomy (S1 takes L5's "
-    "arch), T11 laminectomy (top vertebra)",
-    "midthoracic_costovertebral": "T6 rib-head resection found, T6 laminectomy and T6 left vertebrectomy "
-    "missed; false: T3 right vertebrectomy, T6 left pediclectomy",
-    "osteoporotic_no_hardware": "no resections; false: T11 laminectomy (top vertebra)",
     "t11_l3_laminectomy": "L1 laminectomy and T12 left facetectomy found, T12 right facetectomy missed (its "
     "joint at ~0.5 of the neighbouring joints', the call needs < 0.45)",
 }
