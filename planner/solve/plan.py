@@ -321,7 +321,8 @@ def _shortlist(c: Candidates, route: int, radii: dict[str, float], tol: float, k
     allr = np.flatnonzero(c.route == route)
     if not len(allr):
         return np.zeros(0, int), False
-    nbits = np.array([bin(int(x)).count("1") for x in c.fail[allr]])
+    # failed checks per candidate: the set bits of its (non-negative int16) fail mask
+    nbits = np.unpackbits(np.ascontiguousarray(c.fail[allr], dtype=np.uint16).view(np.uint8).reshape(-1, 2), axis=1).sum(1)
     key = np.lexsort((np.arange(len(allr)), c.t_skin[allr], -c.f_min_outer[allr], nbits))
     return allr[key[:1]], False
 
