@@ -589,3 +589,20 @@ def test_verify_is_independent_of_the_solver():
         assert not any(k.startswith("planner.solve") for k in sys.modules)
     finally:
         sys.modules.update(saved)
+
+
+def test_mesh_build_parallel_and_serial_agree(rng, sphere_mesh, monkeypatch):
+    """The parallel build (large meshes) and the calling-thread build (small ones) give the
+    same tree arrays and the same numpy-reference tree."""
+    from planner.solve import bvh
+
+    cases = [(sphere_mesh.vertices, sphere_mesh.faces), (rng.normal(size=(3005, 3)) * 30.0, rng.integers(0, 3005, (3000, 3)))]
+    for v, f in cases:
+        monkeypatch.setattr(bvh, "SERIAL_BELOW_TRIANGLES", 10**9)
+        serial = ex.MeshDistance(v, f)
+        monkeypatch.setattr(bvh, "SERIAL_BELOW_TRIANGLES", 0)
+        parallel = ex.MeshDistance(v, f)
+        np.testing.assert_array_equal(serial.order, parallel.order)
+        for a, b in zip(serial._flat(), parallel._flat()):
+            np.testing.assert_array_equal(a, b)
+        _assert_same_build(parallel, _ref_build(v, f))

@@ -38,6 +38,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+#: Meshes with fewer triangles than this are built on the calling thread (thread start-up
+#: and, on a loaded machine, a scheduler time slice per parallel loop cost more than the
+#: work); the arrays are the same either way.
+SERIAL_BELOW_TRIANGLES = 40000
+
 
 @njit(cache=True, inline="always")
 def _sq(dx, dy, dz):
@@ -120,8 +125,9 @@ def _quantise(x):
     return np.uint64(q)
 
 
-@njit(cache=True, parallel=True)
-def _morton_codes(points, out):
+@njit(cache=True)
+def _morton_frame(points):
+    """Lower corner and span (>= 1e-12) of the points' bounds, per axis."""
     n = points.shape[0]
     lo = np.empty(3)
     span = np.empty(3)
@@ -134,11 +140,29 @@ def _morton_codes(points, out):
             b = max(b, x)
         lo[d] = a
         span[d] = max(b - a, 1e-12)
-    for i in prange(n):
-        q0 = _quantise((points[i, 0] - lo[0]) / span[0] * 2097151.0)
-        q1 = _quantise((points[i, 1] - lo[1]) / span[1] * 2097151.0)
-        q2 = _quantise((points[i, 2] - lo[2]) / span[2] * 2097151.0)
-        out[i] = (_spread_bits(q0) << np.uint64(2)) | (_spread_bits(q1) << np.uint64(1)) | _spread_bits(q2)
+    return lo, span
+
+
+@njit(cache=True, inline="always")
+def _morton1(points, i, lo, span):
+    q0 = _quantise((points[i, 0] - lo[0]) / span[0] * 2097151.0)
+    q1 = _quantise((points[i, 1] - lo[1]) / span[1] * 2097151.0)
+    q2 = _quantise((points[i, 2] - lo[2]) / span[2] * 2097151.0)
+    return (_spread_bits(q0) << np.uint64(2)) | (_spread_bits(q1) << np.uint64(1)) | _spread_bits(q2)
+
+
+@njit(cache=True, parallel=True)
+def _morton_codes(points, out):
+    lo, span = _morton_frame(points)
+    for i in prange(points.shape[0]):
+        out[i] = _morton1(points, i, lo, span)
+
+
+@njit(cache=True)
+def _morton_codes_serial(points, out):
+    lo, span = _morton_frame(points)
+    for i in range(points.shape[0]):
+        out[i] = _morton1(points, i, lo, span)
 
 
 def morton_codes(points: np.ndarray) -> np.ndarray:
@@ -146,7 +170,7 @@ def morton_codes(points: np.ndarray) -> np.ndarray:
     ``clip(int64((p - lo) / span * (2**21 - 1)), 0, 2**21 - 1)`` per axis, bits interleaved
     (axis 0 highest)."""
     out = np.empty(len(points), np.uint64)
-    _morton_codes(points, out)
+    (_morton_codes_serial if len(points) < SERIAL_BELOW_TRIANGLES else _morton_codes)(points, out)
     return out
 
 
@@ -292,6 +316,76 @@ def _build_tree_direct(depth, order, v, f, S, bmin, bmax, centre, radius):
         _level_direct(k, nf, S, bmin, bmax, centre, radius)
 
 
+@njit(cache=True, inline="always")
+def _leaf_chunk(c, nchunk, nleaf, first, order, v, f, S, bmin, bmax, centre, radius, starts, counts):
+    """Leaves ``[c nleaf / nchunk, (c + 1) nleaf / nchunk)`` of :func:`_build_tree`: corners, box, centre, radius."""
+    for i in range((c * nleaf) // nchunk, ((c + 1) * nleaf) // nchunk):
+        s = starts[i]
+        e = s + counts[i]
+        g = first + i
+        for p in range(s, e):
+            _gather(S, p, order[p], v, f)
+        for d in range(3):
+            lo, hi = _tri_box(S, s, d)
+            for p in range(s + 1, e):
+                a, b = _tri_box(S, p, d)
+                lo = min(lo, a)
+                hi = max(hi, b)
+            bmin[g, d] = lo
+            bmax[g, d] = hi
+            centre[g, d] = 0.5 * (lo + hi)
+        c0, c1, c2 = centre[g, 0], centre[g, 1], centre[g, 2]
+        r2 = -1.0
+        for p in range(s, e):
+            r2 = max(r2, _corner_r2(S, p, c0, c1, c2))
+        radius[g] = math.sqrt(r2)
+
+
+@njit(cache=True, inline="always")
+def _boxes_up(first, bmin, bmax, centre):
+    """Boxes bottom up (children partition their parent), then centres."""
+    for g in range(first - 1, -1, -1):
+        h1 = 2 * g + 1
+        h2 = h1 + 1
+        for d in range(3):
+            bmin[g, d] = min(bmin[h1, d], bmin[h2, d])
+            bmax[g, d] = max(bmax[h1, d], bmax[h2, d])
+            centre[g, d] = 0.5 * (bmin[g, d] + bmax[g, d])
+
+
+@njit(cache=True, inline="always")
+def _radius_chunk(c, nchunk, first, depth, S, bmin, bmax, centre, radius, starts, counts):
+    """Radii of the nodes ``c, c + nchunk, ...`` of :func:`_build_tree`: farthest corner by branch and bound."""
+    stack = np.empty(2 * (depth + 2), np.int64)
+    for g in range(c, first, nchunk):
+        c0, cy, cz = centre[g, 0], centre[g, 1], centre[g, 2]
+        best = -1.0
+        top = 1
+        stack[0] = g
+        while top > 0:
+            top -= 1
+            h = stack[top]
+            if _box_far_r2(bmin, bmax, h, c0, cy, cz) <= best:
+                continue
+            if h >= first:
+                i = h - first
+                for p in range(starts[i], starts[i] + counts[i]):
+                    best = max(best, _corner_r2(S, p, c0, cy, cz))
+            else:
+                h1 = 2 * h + 1
+                h2 = h1 + 1
+                u1 = _box_far_r2(bmin, bmax, h1, c0, cy, cz)
+                u2 = _box_far_r2(bmin, bmax, h2, c0, cy, cz)
+                if u1 >= u2:  # farther-bounded child on top: popped first
+                    stack[top] = h2
+                    stack[top + 1] = h1
+                else:
+                    stack[top] = h1
+                    stack[top + 1] = h2
+                top += 2
+        radius[g] = math.sqrt(best)
+
+
 @njit(cache=True, parallel=True)
 def _build_tree(depth, order, v, f, S, bmin, bmax, centre, radius, starts, counts):
     """No empty leaf.  ``S`` (F, 9) receives the corners in sorted order (so every scan of
@@ -302,66 +396,29 @@ def _build_tree(depth, order, v, f, S, bmin, bmax, centre, radius, starts, count
     nchunk = min(nleaf, 64)
     # leaves: corners, box, centre, radius (contiguous runs of leaves per chunk)
     for c in prange(nchunk):
-        for i in range((c * nleaf) // nchunk, ((c + 1) * nleaf) // nchunk):
-            s = starts[i]
-            e = s + counts[i]
-            g = first + i
-            for p in range(s, e):
-                _gather(S, p, order[p], v, f)
-            for d in range(3):
-                lo, hi = _tri_box(S, s, d)
-                for p in range(s + 1, e):
-                    a, b = _tri_box(S, p, d)
-                    lo = min(lo, a)
-                    hi = max(hi, b)
-                bmin[g, d] = lo
-                bmax[g, d] = hi
-                centre[g, d] = 0.5 * (lo + hi)
-            c0, c1, c2 = centre[g, 0], centre[g, 1], centre[g, 2]
-            r2 = -1.0
-            for p in range(s, e):
-                r2 = max(r2, _corner_r2(S, p, c0, c1, c2))
-            radius[g] = math.sqrt(r2)
-    # boxes bottom up (children partition their parent), then centres
-    for g in range(first - 1, -1, -1):
-        h1 = 2 * g + 1
-        h2 = h1 + 1
-        for d in range(3):
-            bmin[g, d] = min(bmin[h1, d], bmin[h2, d])
-            bmax[g, d] = max(bmax[h1, d], bmax[h2, d])
-            centre[g, d] = 0.5 * (bmin[g, d] + bmax[g, d])
-    # radii: farthest corner by branch and bound over the subtree (nodes dealt out to the
-    # chunks in turn: the costly top nodes are spread)
+        _leaf_chunk(c, nchunk, nleaf, first, order, v, f, S, bmin, bmax, centre, radius, starts, counts)
+    _boxes_up(first, bmin, bmax, centre)
+    # radii: nodes dealt out to the chunks in turn (the costly top nodes are spread)
     nchunk = max(min(first, 64), 1)
     for c in prange(nchunk):
-        stack = np.empty(2 * (depth + 2), np.int64)
-        for g in range(c, first, nchunk):
-            c0, cy, cz = centre[g, 0], centre[g, 1], centre[g, 2]
-            best = -1.0
-            top = 1
-            stack[0] = g
-            while top > 0:
-                top -= 1
-                h = stack[top]
-                if _box_far_r2(bmin, bmax, h, c0, cy, cz) <= best:
-                    continue
-                if h >= first:
-                    i = h - first
-                    for p in range(starts[i], starts[i] + counts[i]):
-                        best = max(best, _corner_r2(S, p, c0, cy, cz))
-                else:
-                    h1 = 2 * h + 1
-                    h2 = h1 + 1
-                    u1 = _box_far_r2(bmin, bmax, h1, c0, cy, cz)
-                    u2 = _box_far_r2(bmin, bmax, h2, c0, cy, cz)
-                    if u1 >= u2:  # farther-bounded child on top: popped first
-                        stack[top] = h2
-                        stack[top + 1] = h1
-                    else:
-                        stack[top] = h1
-                        stack[top + 1] = h2
-                    top += 2
-            radius[g] = math.sqrt(best)
+        _radius_chunk(c, nchunk, first, depth, S, bmin, bmax, centre, radius, starts, counts)
+
+
+@njit(cache=True)
+def _build_tree_serial(depth, order, v, f, S, bmin, bmax, centre, radius, starts, counts):
+    """:func:`_build_tree` on the calling thread (small meshes: no thread start-up; the same arrays)."""
+    nleaf = 1 << depth
+    first = nleaf - 1
+    nchunk = min(nleaf, 64)
+    # leaves: corners, box, centre, radius (contiguous runs of leaves per chunk)
+    for c in range(nchunk):
+        _leaf_chunk(c, nchunk, nleaf, first, order, v, f, S, bmin, bmax, centre, radius, starts, counts)
+    _boxes_up(first, bmin, bmax, centre)
+    # radii: nodes dealt out to the chunks in turn (the costly top nodes are spread)
+    nchunk = max(min(first, 64), 1)
+    for c in range(nchunk):
+        _radius_chunk(c, nchunk, first, depth, S, bmin, bmax, centre, radius, starts, counts)
+
 
 
 def build_tree(depth: int, order: np.ndarray, v: np.ndarray, f: np.ndarray):
@@ -392,5 +449,6 @@ def build_tree(depth: int, order: np.ndarray, v: np.ndarray, f: np.ndarray):
     if nf < nleaf:  # some leaves are empty
         _build_tree_direct(int(depth), order, v, f, np.empty((nf, 9)), bmin, bmax, centre, radius)
     else:
-        _build_tree(int(depth), order, v, f, np.empty((nf, 9)), bmin, bmax, centre, radius, starts, counts)
+        build = _build_tree_serial if nf < SERIAL_BELOW_TRIANGLES else _build_tree
+        build(int(depth), order, v, f, np.empty((nf, 9)), bmin, bmax, centre, radius, starts, counts)
     return bmin, bmax, centre, radius, starts, counts
