@@ -15,8 +15,9 @@ Pipeline of :func:`segment_bone` (all steps vectorised with :mod:`scipy.ndimage`
 3. **Vertebra separation** on a coarse grid (:data:`COARSE_SPACING_MM`): a marker
    watershed of the negative distance map splits the bone at its necks (pedicles, joints,
    discs); pieces that are thick (distance-map maximum) and not shadowed by bone in front
-   of them (compared by their cores, the voxels deep inside the piece) are vertebral bodies.  A second watershed from the bodies gives each vertebra
-   its posterior elements and ribs.
+   of them (compared by their cores, the voxels deep inside the piece) are vertebral bodies.  The bodies are grown
+   :data:`PEDICLE_GROW_MM` through the bone at equal speed (through their own pedicles), then a
+   second watershed gives each vertebra its posterior elements and ribs.
 4. **Levels** (:mod:`planner.segment.levels`): counting from an anchor, or from the anatomy
    (sacrum at the bottom, last rib-bearing vertebra = T12).
 5. **Parts** per vertebra in its own frame (u left, v posterior, w superior): body =
@@ -561,10 +562,26 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
         return saddle >= SADDLE_FRACTION * min(info[i]["e"], info[j]["e"])
 
     chain = _column_chain(bodies, info, same_bone)
-    # merge consecutive bodies of one bone (over-split body or sacrum)
+    # merge consecutive bodies of one bone (over-split body or sacrum).  A piece joined with a
+    # thick saddle to both its neighbours keeps only the link to the nearer one (by core
+    # centre): over-split pieces of one bone lie closer together than two vertebrae, and a
+    # disc bridged by streaks (L5/S1 beside the S1 screws) must not fuse L5 with the sacrum
+    # while the sacrum's own lower piece becomes a body of its own.
+    def centre(g: list[int]) -> np.ndarray:
+        return np.asarray(info[g[0]].get("core", info[g[0]]["c"]), float)
+
+    link = [bool(same_bone(chain[k + 1][0], chain[k][0])) for k in range(len(chain) - 1)]
+    dist = [float(np.linalg.norm(centre(chain[k + 1]) - centre(chain[k]))) for k in range(len(chain) - 1)]
+    keep = list(link)
+    for k in range(1, len(chain) - 1):
+        if link[k - 1] and link[k]:
+            if dist[k - 1] <= dist[k]:
+                keep[k] = False
+            else:
+                keep[k - 1] = False
     groups: list[list[int]] = []
-    for g in chain:
-        if groups and same_bone(g[0], groups[-1][0]):
+    for k, g in enumerate(chain):
+        if groups and keep[k - 1]:
             groups[-1].extend(g)
             continue
         groups.append(list(g))
