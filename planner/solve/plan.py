@@ -123,7 +123,7 @@ def exact_clearances(scene: Scene, level: str, p0: np.ndarray, p1: np.ndarray) -
 
 
 #: Below this many segments the packed-mesh pass runs on the calling thread.
-FOREST_SERIAL_BELOW = 2
+FOREST_SERIAL_BELOW = 16
 
 
 def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]] | None:
@@ -431,7 +431,7 @@ def solid_clearances(scene: Scene, p0: np.ndarray, p1: np.ndarray, cap: float = 
     if packed is None:
         packed = scene._packed_solids = _packed_solids(solids)
     # capped queries (curved-needle arcs) prune almost every solid at once: serial further up
-    serial_below = kernels.SERIAL_BELOW_SOLIDS * (16 if np.isfinite(cap) else 1)
+    serial_below = kernels.SERIAL_BELOW_SOLIDS * (64 if np.isfinite(cap) else 1)
     fn = kernels.segment_solids_distance_serial if n < serial_below else kernels.segment_solids_distance
     d, who = fn(p0, p1, *packed, 1e-4, float(cap))
     return d, [solids[k].name if k >= 0 else "" for k in who]
