@@ -665,3 +665,10 @@ def forest_clearances_serial(P0, P1, visit, gmap, lbmin, lbmax, cls, n_cls, cull
         _forest_one(s, P0, P1, visit, gmap, lbmin, lbmax, cls, cull, mbmin, mbmax, node_off, leaf_off, depth,
                     bmin, bmax, centre, radius, starts, counts, order, A, B, C, tri_c, tri_r, best, who, flag)
     return best, who, flag
+
+
+@njit(cache=True)
+def segment_segment_distance1(p0, p1, q0, q1):
+    """Distance between segments ``p0``-``p1`` and ``q0``-``q1`` ((3,) float64 each): the
+    formula of :func:`planner.solve.exact.segment_segment_distance` for one pair."""
+    return _segment_segment(p0, p1, q0, q1)

@@ -1009,6 +1009,9 @@ def _fill_visibility(scene: Scene, lv: dict[str, Any], opt: SolverOptions) -> No
 def _axis_distance(a0, a1, b0, b1) -> float:
     from planner.solve import exact
 
+    kern = exact._kernels()
+    if kern is not None:  # one pair: the compiled formula, without numpy's per-call overhead
+        return float(kern.segment_segment_distance1(*(np.asarray(x, float) for x in (a0, a1, b0, b1))))
     return float(exact.segment_segment_distance(np.asarray([a0], float), np.asarray([a1], float), np.asarray([b0], float), np.asarray([b1], float))[0])
 
 
