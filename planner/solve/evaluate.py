@@ -81,10 +81,15 @@ class TrajectoryEvaluator:
             )
         )
         self.tol = search.field_tolerance(self.options, self.fields)
-        # warm the exact-distance structures of the obstacles near this level
-        from planner.solve.plan import level_obstacle_names
+        # build and pack the exact-distance structures of the obstacles near this level
+        # here, not in the first call
+        from planner.solve import exact
+        from planner.solve.plan import level_obstacle_names, pack_meshes
 
-        for name in level_obstacle_names(scene, level, self.geo):
+        names = level_obstacle_names(scene, level, self.geo)
+        if exact._kernels() is not None:
+            pack_meshes(scene, names)
+        for name in names:
             scene.mesh_distance(name)
 
     def side_of(self, entry_lps: np.ndarray) -> str:

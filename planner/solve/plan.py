@@ -135,10 +135,7 @@ def _level_forest(scene: Scene, level: str) -> tuple[np.ndarray, tuple[np.ndarra
     if exact._kernels() is None:
         return None
     names = _level_obstacles(scene, level)[0]
-    pool = scene.__dict__.get("_mesh_pack")
-    if pool is None or any(nm not in pool[0] for nm in names):
-        pool = pack_meshes(scene, names)
-    index, packed = pool
+    index, packed = pack_meshes(scene, names)
     return np.array([index[nm] for nm in names], np.int64), packed
 
 
@@ -147,8 +144,11 @@ def pack_meshes(scene: Scene, names: list[str]) -> tuple[dict[str, int], tuple[n
     for :func:`planner.solve.kernels.forest_clearances`: mesh bounds, node and leaf offsets,
     depths, then the concatenated node, leaf and triangle arrays (leaf starts and triangle
     order made global).  One copy per mesh: :func:`plan` packs every level's obstacles at
-    once.  Kept on the scene as ``(name -> index, arrays)``."""
+    once; when every name is already packed the scene's pack is returned as it is.  Kept
+    on the scene as ``(name -> index, arrays)``."""
     old = scene.__dict__.get("_mesh_pack")
+    if old is not None and all(nm in old[0] for nm in names):
+        return old
     keep = list(old[0]) if old is not None else []
     allnames = keep + [nm for nm in dict.fromkeys(names) if nm not in set(keep)]
     mds = [scene.mesh_distance(nm) for nm in allnames]
@@ -328,8 +328,10 @@ def _shortlist(c: Candidates, route: int, radii: dict[str, float], tol: float, k
 
 
 def _entry_angles(fields: LevelFields, c: Candidates, side: str) -> np.ndarray:
-    """:func:`_entry_angle` of every candidate of ``c`` (one side), the field samples in
-    two batched calls instead of seven per candidate (the same samples, the same values)."""
+    """Angle (deg) between each candidate's needle and the bone surface normal where it
+    first meets bone (``c``: one side): the last pedicle sample of a transpedicular path,
+    else the body entry; the normal is the central-difference gradient (0.5 mm) of that
+    structure's signed distance, NaN where it vanishes.  Samples in batched calls."""
     n = len(c)
     out = np.full(n, np.nan)
     if not n:
@@ -366,31 +368,6 @@ def _entry_angles(fields: LevelFields, c: Candidates, side: str) -> np.ndarray:
         if nrm >= 1e-6:
             out[i] = float(np.degrees(np.arccos(np.clip(abs(g[i] @ c.direction[i]) / nrm, 0, 1))))
     return out
-
-
-def _entry_angle(fields: LevelFields, c: Candidates, i: int, side: str) -> float:
-    """Angle (deg) between the needle and the bone surface normal where it first meets bone."""
-    T, D = c.target[i], c.direction[i]
-    ped = fields.pedicle[side]
-    ts = np.arange(c.t_body[i], c.t_body[i] + 40.0, 0.5)
-    pts = T + ts[:, None] * D
-    inside = fields.local.sample(ped, pts) < 0
-    if c.route[i] == 0 and inside.any():
-        t_e = ts[np.flatnonzero(inside)[-1]]
-        arr = ped
-    else:
-        t_e = c.t_body[i]
-        arr = fields.body
-    p = T + t_e * D
-    e = 0.5
-    g = np.array([
-        fields.local.sample(arr, (p + e * ax)[None])[0] - fields.local.sample(arr, (p - e * ax)[None])[0]
-        for ax in np.eye(3)
-    ])
-    nrm = np.linalg.norm(g)
-    if nrm < 1e-6:
-        return float("nan")
-    return float(np.degrees(np.arccos(np.clip(abs(g @ D) / nrm, 0, 1))))
 
 
 def _packed_solids(solids) -> tuple:
@@ -676,7 +653,7 @@ def _violations(clear: dict[str, float], closest: dict[str, str], r: float, opt:
     return out
 
 
-def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, outer, inner, tamp_hw, arcs, ins, opt: SolverOptions, ang: float | None = None) -> dict[str, Any]:
+def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, route: str, outer, inner, tamp_hw, arcs, ins, opt: SolverOptions, ang: float) -> dict[str, Any]:
     T = sub.target[j]
     D = sub.direction[j]
     skin = sub.skin_entry[j]
@@ -731,8 +708,6 @@ def _candidate(scene, level, geo, fields, sub: Candidates, j: int, side: str, ro
         vs = per_inst["vertebroplasty_curved"]["violations"]
         binding = min(vs, key=lambda v: (v["excess_mm"] if v["excess_mm"] is not None else 0.0)) if vs else None
     cov = {"straight_zones": _straight_zone(geo, T, side), **{k: v for k, v in arcs.items() if k != "arc"}}
-    if ang is None:
-        ang = _entry_angle(fields, sub, j, side)
     w = opt.weights
     r_vp = _radius("vertebroplasty_straight", ins)
     # clearance term over the parts the feasible instruments use
