@@ -108,3 +108,22 @@ def test_segment_does_not_change_its_input():
     seg = segment(case.image, anchor="S1", soft_tissue=False)
     assert any(w.code == "PLN-W-CT-001" for w in seg.warnings)
     assert case.image.provenance.warnings == []
+
+
+def test_label_centroids_match_scipy_center_of_mass():
+    from scipy import ndimage
+
+    from planner.segment.pipeline import label_centroids
+
+    rng = np.random.default_rng(3)
+    lab = np.zeros((23, 31, 17), np.uint16)
+    for i in (2, 5, 9):
+        c = rng.integers(0, (23, 31, 17))
+        sl = tuple(slice(max(0, int(x) - 4), int(x) + 5) for x in c)
+        lab[sl] = i
+    present = [i for i in (2, 5, 9) if np.any(lab == i)]
+    got = label_centroids(lab, [1, 2, 5, 9, 40])
+    assert sorted(got) == present  # absent ids (1, 40) are left out
+    ref = ndimage.center_of_mass(np.ones(lab.shape, bool), lab, present)
+    for i, r in zip(present, ref):
+        np.testing.assert_allclose(got[i], r, rtol=0, atol=1e-9)

@@ -112,14 +112,12 @@ def _window(image: Volume) -> tuple[float, float]:
 
 
 def _centroids(labels: Volume, names: list[str]) -> dict[str, np.ndarray]:
+    from planner.segment.pipeline import label_centroids
+
     ids = [LABEL_IDS[n] for n in names if n in LABEL_IDS]
-    present = set(np.unique(labels.array).tolist())
-    ids = [i for i in ids if i in present]
-    if not ids:
-        return {}
-    com = ndimage.center_of_mass(np.ones(labels.shape, bool), labels.array, ids)
+    com = label_centroids(labels.array, ids)
     inv = {v: k for k, v in LABEL_IDS.items()}
-    return {inv[i]: labels.lps_from_index(np.asarray(c, float))[0] for i, c in zip(ids, com)}
+    return {inv[i]: labels.lps_from_index(com[i])[0] for i in ids if i in com}
 
 
 def _level_anchors(seg: Segmentation, levels: list[str]) -> dict[str, np.ndarray]:

@@ -214,16 +214,33 @@ def merge_labels(soft: np.ndarray | None, anatomy: np.ndarray | None, hardware: 
     return out
 
 
+def label_centroids(labels: np.ndarray, ids) -> dict[int, np.ndarray]:
+    """Voxel-index centroid (3,) of each label id in ``ids`` that is present (non-empty).
+
+    The same values as ``scipy.ndimage.center_of_mass(ones, labels, ids)``, but from the
+    labelled voxels only with one ``bincount`` per axis: scipy builds full-volume products
+    per axis, about 9 s on a 512x512x300 label map against well under one second here.
+    Negative labels are ignored (background is 0)."""
+    flat = labels.reshape(-1)
+    idx = np.flatnonzero(flat > 0)
+    lab = flat[idx].astype(np.int64)
+    n = int(max(int(lab.max(initial=0)), max((int(i) for i in ids), default=0))) + 1
+    count = np.bincount(lab, minlength=n)
+    coords = np.unravel_index(idx, labels.shape)
+    sums = [np.bincount(lab, weights=c.astype(np.float64), minlength=n) for c in coords]
+    out: dict[int, np.ndarray] = {}
+    for i in ids:
+        i = int(i)
+        if 0 < i < n and count[i] > 0:
+            out[i] = np.array([s[i] / count[i] for s in sums], float)
+    return out
+
+
 def body_centres(labels: np.ndarray, image: Volume) -> dict[str, np.ndarray]:
     """LPS centroid (3,) of each ``<L>_body`` label present, cranial to caudal."""
-    from scipy import ndimage
-
     ids = {label_id(f"{lev}_body"): lev for lev in LEVELS}
-    present = [i for i in np.unique(labels) if int(i) in ids]
-    if not present:
-        return {}
-    com = ndimage.center_of_mass(np.ones(labels.shape, bool), labels, present)
-    out = {ids[int(i)]: image.lps_from_index(np.asarray(c, float))[0] for i, c in zip(present, com)}
+    com = label_centroids(labels, sorted(ids))
+    out = {ids[i]: image.lps_from_index(c)[0] for i, c in com.items()}
     return {lev: out[lev] for lev in LEVELS if lev in out}
 
 
