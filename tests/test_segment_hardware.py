@@ -210,3 +210,32 @@ def test_thresholds_clip4095_and_bone_only():
     info = metal_thresholds(a)
     assert info["present"] and info["saturated"] and info["metal_level_hu"] == 4095
     assert info["threshold_core_hu"] >= 2000 and info["threshold_grow_hu"] > 1500
+
+
+def test_dist_polyline_exact_against_every_segment():
+    # long polylines take the k-d tree path; the answer must be the brute-force minimum
+    rng = np.random.default_rng(7)
+    t = np.linspace(0.0, 200.0, 101)
+    poly = np.stack([10 * np.sin(t / 30), 5 * np.cos(t / 50), t], 1)
+    near = poly[rng.integers(0, len(poly), 3000)] + rng.normal(0, 4, (3000, 3))
+    far = rng.uniform(-60, 260, (1000, 3))
+    p = np.concatenate([near, far])
+    d, s = _dist_polyline(p, poly, return_s=True)
+    a, b = poly[:-1], poly[1:]
+    ab = b - a
+    tt = np.clip(np.einsum("nmc,mc->nm", p[:, None] - a[None], ab) / (ab * ab).sum(1), 0, 1)
+    dd = np.linalg.norm(p[:, None] - (a[None] + tt[..., None] * ab[None]), axis=2)
+    assert np.allclose(d, dd.min(1), atol=1e-9)
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(ab, axis=1))])
+    j = dd.argmin(1)
+    s_ref = cum[j] + tt[np.arange(len(p)), j] * np.linalg.norm(ab, axis=1)[j]
+    assert np.allclose(s[:3000], s_ref[:3000], atol=1e-6)
+
+
+def test_metal_mask_is_the_labelled_hardware():
+    from planner.segment.hardware import metal_mask
+
+    # small components below the size cut must not enter the mask either
+    case = _case("case_example_1.5mm")
+    labels = _result("case_example_1.5mm")[0][4]
+    assert np.array_equal(metal_mask(case.image), labels > 0)

@@ -43,6 +43,7 @@ from scipy import ndimage as ndi
 
 from planner.labels.registry import label_id
 from planner.segment.levels import SegmentationError
+from planner.segment.morph import fill_holes, resample_linear, resample_nearest
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -298,11 +299,11 @@ def _fill_holes_capped(mask: np.ndarray) -> np.ndarray:
     (ni, nj, nk) bool ndarray
     """
     if mask.shape[2] < 2:
-        return ndi.binary_fill_holes(mask)
-    lo = ndi.binary_fill_holes(mask[:, :, 0])
-    hi = ndi.binary_fill_holes(mask[:, :, -1])
+        return fill_holes(mask)
+    lo = fill_holes(mask[:, :, 0])
+    hi = fill_holes(mask[:, :, -1])
     capped = np.concatenate([lo[:, :, None], mask, hi[:, :, None]], axis=2)
-    return ndi.binary_fill_holes(capped)[:, :, 1:-1]
+    return fill_holes(capped)[:, :, 1:-1]
 
 
 def _fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
@@ -314,17 +315,7 @@ def _fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
     st[tuple(sl)] = False
     sl[axis] = 2
     st[tuple(sl)] = False
-    lab, n = ndi.label(~mask, st)
-    if n == 0:
-        return mask.copy()
-    edge = np.zeros(n + 1, bool)
-    for a in range(3):
-        if a == axis:
-            continue
-        for k in (0, -1):
-            edge[np.unique(np.take(lab, k, axis=a))] = True
-    edge[0] = True
-    return mask | ~edge[lab]
+    return fill_holes(mask, st)
 
 
 def _fill_holes_voted(mask: np.ndarray) -> np.ndarray:
@@ -754,8 +745,9 @@ def segment_bone(
     zoom = np.minimum(1.0, sp / WORK_SPACING_MM)
     resampled = bool(np.any(zoom < 0.95))
     if resampled:
-        hu_w = ndi.zoom(hu, zoom, order=1, prefilter=False)
-        metal_w = ndi.zoom(metal.astype(np.uint8), zoom, order=0) > 0 if metal is not None else None
+        shape_w = tuple(int(x) for x in np.round(np.array(hu.shape) * zoom))
+        hu_w = resample_linear(hu, shape_w)
+        metal_w = resample_nearest(metal, shape_w) if metal is not None else None
         sp_w = sp * np.array(hu.shape) / np.array(hu_w.shape)
     else:
         hu_w, metal_w, sp_w = hu, metal, sp
@@ -852,9 +844,7 @@ def segment_bone(
     lab_w = np.zeros(bone.shape, np.uint16)
     lab_w[sl] = lab_k
     if resampled:
-        zf = np.array(hu.shape) / np.array(lab_w.shape)
-        lab_full = ndi.zoom(lab_w, zf, order=0)
-        lab_full = lab_full[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+        lab_full = resample_nearest(lab_w, hu.shape)
     else:
         lab_full = lab_w
     labels = canon.from_canon(lab_full).astype(np.uint16)

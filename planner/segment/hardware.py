@@ -183,34 +183,17 @@ def segment_hardware(
     t0 = time.perf_counter()
     arr = ct.array
     labels = np.zeros(arr.shape, np.uint16)
-    info = metal_thresholds(arr)
-    if info["saturated"]:
-        ct.provenance.warn(
-            "PLN-W-CT-001",
-            f"metal saturates the stored range: {info['n_at_max']} voxels at "
-            f"{info['stored_max_hu']:.0f} HU; metal shapes are fitted from the clipped image",
-            stored_max_hu=info["stored_max_hu"], n_at_max=info["n_at_max"],
-        )
+    info, found = _metal_components(ct, warn=True)
     counts = {"components": 0, "screws": 0, "rods": 0, "crosslinks": 0, "other_metal": 0}
     info["counts"] = counts
-    if not info["present"]:
+    if found is None:
         info["seconds"] = round(time.perf_counter() - t0, 3)
         return [], [], [], [], labels, info
-
+    box, lab, keep = found
     spacing = ct.spacing
     vox_mm3 = float(np.prod(spacing))
     A = ct.lps_from_ijk
-    core_hu, grow_hu, m_hu = info["threshold_core_hu"], info["threshold_grow_hu"], info["metal_level_hu"]
-
-    # -- bounding box of the core, padded, then hysteresis inside it
-    box = _bbox(arr >= core_hu, pad=4)
-    sub = arr[box]
-    grow = sub >= grow_hu
-    lab, n = ndimage.label(grow, structure=np.ones((3, 3, 3), bool))
-    core_ids = np.unique(lab[sub >= core_hu])
-    core_ids = core_ids[core_ids > 0]
-    sizes = np.bincount(lab.ravel(), minlength=n + 1) * vox_mm3
-    keep = core_ids[sizes[core_ids] >= MIN_COMPONENT_MM3]
+    m_hu = info["metal_level_hu"]
     counts["components"] = int(len(keep))
     offs = np.array([s.start for s in box])
 
@@ -302,6 +285,51 @@ def metal_thresholds(array: np.ndarray) -> dict[str, Any]:
                derivation=how + f"; core = max({CORE_FLOOR_HU:.0f}, {CORE_FRACTION} M), "
                f"grow = max({GROW_FLOOR_HU:.0f}, {GROW_FRACTION} M), hysteresis")
     return out
+
+
+def metal_mask(ct: Volume) -> np.ndarray:
+    """Voxels (ni, nj, nk) bool of the metal objects :func:`segment_hardware` labels.
+
+    The same hysteresis components (every kept component becomes a screw, rod, cross-link
+    or other metal, so its voxels are exactly the non-zero labels), without fitting them:
+    what the bone step needs before the levels are known.  No warnings are recorded.
+    """
+    mask = np.zeros(ct.shape, bool)
+    _, found = _metal_components(ct, warn=False)
+    if found is not None:
+        box, lab, keep = found
+        lut = np.zeros(int(lab.max()) + 1, bool)
+        lut[keep] = True
+        mask[box] = lut[lab]
+    return mask
+
+
+def _metal_components(ct: Volume, *, warn: bool):
+    """Thresholds (dict) and, when metal is present, ``(box, labels in box, kept ids)``.
+
+    Hysteresis inside the padded bounding box of the core: components of the grow
+    threshold (26-connected) that hold a core voxel and reach :data:`MIN_COMPONENT_MM3`.
+    """
+    arr = ct.array
+    info = metal_thresholds(arr)
+    if warn and info["saturated"]:
+        ct.provenance.warn(
+            "PLN-W-CT-001",
+            f"metal saturates the stored range: {info['n_at_max']} voxels at "
+            f"{info['stored_max_hu']:.0f} HU; metal shapes are fitted from the clipped image",
+            stored_max_hu=info["stored_max_hu"], n_at_max=info["n_at_max"],
+        )
+    if not info["present"]:
+        return info, None
+    core_hu, grow_hu = info["threshold_core_hu"], info["threshold_grow_hu"]
+    box = _bbox(arr >= core_hu, pad=4)
+    sub = arr[box]
+    lab, n = ndimage.label(sub >= grow_hu, structure=np.ones((3, 3, 3), bool))
+    core_ids = np.unique(lab[sub >= core_hu])
+    core_ids = core_ids[core_ids > 0]
+    sizes = np.bincount(lab.ravel(), minlength=n + 1) * float(np.prod(ct.spacing))
+    keep = core_ids[sizes[core_ids] >= MIN_COMPONENT_MM3]
+    return info, (box, lab, keep)
 
 
 def hardware_label_id(kind: str, level: str = "unknown", side: str = "left") -> int:
@@ -629,20 +657,54 @@ def _inside_screw(pts: np.ndarray, s: Screw, extra: dict, margin: float) -> np.n
 
 # ---- rods ------------------------------------------------------------------------------------
 def _dist_polyline(p: np.ndarray, poly: np.ndarray, return_s: bool = False):
-    """Distance (n,) of points (n, 3) to a polyline (m, 3); optionally arc length (n,)."""
+    """Distance (n,) of points (n, 3) to a polyline (m, 3); optionally arc length (n,).
+
+    Exact.  Long polylines (rods: a vertex every :data:`ROD_STEP_MM`) are not looped over
+    in full for every point: each point is tested against the segments whose midpoints are
+    its :data:`_POLY_K` nearest (k-d tree), and only a point whose k-th midpoint is not
+    provably farther than the best distance found (midpoint distance minus the longest
+    half segment) is tested against every segment.
+    """
+    p = np.asarray(p, float)
+    poly = np.asarray(poly, float)
     a = poly[:-1]
     ab = poly[1:] - a
     L2 = np.maximum((ab * ab).sum(1), 1e-12)
+    L = np.sqrt(L2)
+    cum = np.concatenate([[0.0], np.cumsum(L)])
     best = np.full(len(p), np.inf)
     s_best = np.zeros(len(p))
-    cum = np.concatenate([[0.0], np.cumsum(np.sqrt(L2))])
-    for k in range(len(a)):
-        tt = np.clip(((p - a[k]) @ ab[k]) / L2[k], 0.0, 1.0)
-        dd = np.linalg.norm(p - (a[k] + tt[:, None] * ab[k]), axis=1)
-        upd = dd < best
-        best[upd] = dd[upd]
-        s_best[upd] = cum[k] + tt[upd] * np.sqrt(L2[k])
+
+    def test(q, seg, b, sb) -> None:
+        # points q (r, 3) against segment seg (an int, or one index per point): b, sb in place
+        d = q - a[seg]
+        dot = d @ ab[seg] if np.ndim(seg) == 0 else np.einsum("ij,ij->i", d, ab[seg])
+        tt = np.clip(dot / L2[seg], 0.0, 1.0)
+        dd = np.linalg.norm(d - tt[:, None] * ab[seg], axis=1)
+        upd = dd < b
+        b[upd] = dd[upd]
+        sb[upd] = cum[seg] + tt[upd] * L[seg] if np.ndim(seg) == 0 else (cum[seg] + tt * L[seg])[upd]
+
+    if len(a) <= 2 * _POLY_K or len(p) == 0:
+        for k in range(len(a)):
+            test(p, k, best, s_best)
+    else:
+        from scipy.spatial import cKDTree
+
+        dm, near = cKDTree(a + 0.5 * ab).query(p, k=_POLY_K)
+        for j in range(_POLY_K):
+            test(p, near[:, j], best, s_best)
+        full = np.nonzero(dm[:, -1] - 0.5 * L.max() <= best)[0]
+        if full.size:
+            q, b, sb = p[full], best[full], s_best[full]
+            for k in range(len(a)):
+                test(q, k, b, sb)
+            best[full], s_best[full] = b, sb
     return (best, s_best) if return_s else best
+
+
+#: Nearest segment midpoints tested per point by :func:`_dist_polyline` before the exact check.
+_POLY_K = 6
 
 
 def _smooth_curve(s: np.ndarray, xyz: np.ndarray, wts: np.ndarray, s_out: np.ndarray) -> np.ndarray:

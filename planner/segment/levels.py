@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import PlannerError
 from planner.labels.registry import LEVELS
+from planner.segment.morph import centroids
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,12 @@ def vertebra_frames(
     """
     idx = np.arange(1, n + 1)
     seed = np.where(vert == body, body, 0)
-    cb = np.array(ndi.center_of_mass(seed > 0, seed, idx))
+    cb = centroids(seed, idx)
     if edt is not None:
         emax = np.zeros(n + 1)
         emax[1:] = ndi.maximum(edt, seed, idx)
         core = np.where(edt >= CORE_FRACTION * emax[seed], seed, 0)
-        cc = np.array(ndi.center_of_mass(core > 0, core, idx))
+        cc = centroids(core, idx)
         ok = np.all(np.isfinite(cc), axis=1)
         cb[ok] = cc[ok]
     # posterior direction: centroid of the non-body bone near the midline (ribs and
@@ -140,7 +141,7 @@ def vertebra_frames(
     near = np.abs(xs - cx[vert]) * sp[0] < POSTERIOR_AXIS_HALF_WIDTH_MM
     post = np.where((seed == 0) & near, vert, 0)
     with np.errstate(invalid="ignore", divide="ignore"):  # no posterior bone (resected): NaN, handled below
-        cv = np.array(ndi.center_of_mass(post > 0, post, idx))
+        cv = centroids(post, idx)
     cmm = cb * sp
     frames = []
     for i in range(n):

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import CodedWarning, InputError
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, is_bone
+from planner.segment.morph import fill_holes
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ _ST2[:, :, 1] = ndi.generate_binary_structure(2, 1)
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     """Fill holes of every axial slice (one 3-D call with in-plane connectivity)."""
-    return ndi.binary_fill_holes(mask, structure=_ST2)
+    return fill_holes(mask, _ST2)
 
 
 def _factors(spacing: np.ndarray) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""The fast whole-volume helpers give scipy's answers (holes, centroids) and the
+cell-centred resampling the work grid assumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from planner.segment.morph import centroids, fill_holes, resample_linear, resample_nearest
+
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[:, :, 1] = ndi.generate_binary_structure(2, 1)
+
+
+@pytest.mark.parametrize("structure", [None, np.ones((3, 3, 3), bool), _IN_PLANE])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fill_holes_matches_scipy(structure, seed):
+    rng = np.random.default_rng(seed)
+    m = np.zeros((34, 31, 27), bool)
+    # shells with gaps and random clutter, away from and touching the border
+    m[4:30, 2:25, 6:27] = rng.random((26, 23, 21)) > 0.45
+    m = ndi.binary_dilation(m, iterations=1) ^ (rng.random(m.shape) > 0.8)
+    assert np.array_equal(fill_holes(m, structure), ndi.binary_fill_holes(m, structure))
+
+
+def test_fill_holes_2d_and_empty():
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[3:6, 3:6] = False
+    assert fill_holes(ring)[4, 4] and fill_holes(ring).sum() == 25
+    assert not fill_holes(np.zeros((5, 5, 5), bool)).any()
+    # a closed box touching every face: the inside is a hole only for scipy's definition too
+    box = np.ones((6, 6, 6), bool)
+    box[2:4, 2:4, 2:4] = False
+    assert np.array_equal(fill_holes(box), ndi.binary_fill_holes(box))
+
+
+def test_centroids_match_scipy_and_mark_missing():
+    rng = np.random.default_rng(3)
+    lab, n = ndi.label(rng.random((30, 20, 25)) > 0.7)
+    ids = list(range(0, n + 3))
+    got = centroids(lab, ids)
+    ref = np.array(ndi.center_of_mass(lab > 0, lab, list(range(1, n + 1))))
+    assert np.allclose(got[1 : n + 1], ref)
+    assert np.isnan(got[0]).all() and np.isnan(got[n + 1 :]).all()
+
+
+def test_resample_is_cell_centred():
+    # a linear ramp along each axis stays the ramp of the cell centres (no corner alignment)
+    n_src, n_dst = 10, 7
+    x = np.arange(n_src, dtype=np.float32)
+    for axis in range(3):
+        shape = [4, 5, 6]
+        shape[axis] = n_src
+        arr = np.broadcast_to(x.reshape([-1 if a == axis else 1 for a in range(3)]), shape)
+        out_shape = list(shape)
+        out_shape[axis] = n_dst
+        out = resample_linear(arr, out_shape)
+        want = np.clip((np.arange(n_dst) + 0.5) * n_src / n_dst - 0.5, 0, n_src - 1)
+        got = np.moveaxis(out, axis, 0)[:, 0, 0]
+        assert np.allclose(got, want, atol=1e-5)
+    lab = np.arange(7)[:, None, None] * np.ones((7, 2, 3), np.uint16)
+    up = resample_nearest(lab, (10, 2, 3))
+    # cell i of the fine grid takes the coarse cell containing its centre
+    assert up[:, 0, 0].tolist() == [int((i + 0.5) * 7 / 10) for i in range(10)]
+    assert up.dtype == lab.dtype
