@@ -369,7 +369,6 @@ def segment_solids_distance(P0, P1, kind, sa, sb, srad, poly, poly_start, poly_c
     same as without it, value and index.
     """
     n = P0.shape[0]
-    m = kind.shape[0]
     out = np.full(n, np.inf)
     who = np.full(n, -1, np.int64)
     for s in prange(n):
