@@ -65,3 +65,24 @@ def test_resample_is_cell_centred():
     # cell i of the fine grid takes the coarse cell containing its centre
     assert up[:, 0, 0].tolist() == [int((i + 0.5) * 7 / 10) for i in range(10)]
     assert up.dtype == lab.dtype
+
+
+@pytest.mark.parametrize("size", [(3, 3, 3), (3, 3, 1), (5, 1, 3), (1, 1, 7)])
+def test_box_morphology_matches_scipy(size):
+    from planner.segment.morph import dilate_box, erode_box
+
+    m = np.random.default_rng(5).random((20, 17, 15)) > 0.3
+    st = np.ones(size, bool)
+    assert np.array_equal(dilate_box(m, size), ndi.binary_dilation(m, st))
+    for border in (0, 1):
+        assert np.array_equal(erode_box(m, size, border), ndi.binary_erosion(m, st, border_value=border))
+
+
+def test_cross_erosion_matches_scipy_and_box_rejects_even():
+    from planner.segment.morph import dilate_box, erode_cross
+
+    m = np.random.default_rng(6).random((12, 11, 10)) > 0.2
+    for border in (0, 1):
+        assert np.array_equal(erode_cross(m, border), ndi.binary_erosion(m, border_value=border))
+    with pytest.raises(ValueError):
+        dilate_box(m, (2, 3, 3))

@@ -43,7 +43,14 @@ from scipy import ndimage as ndi
 
 from planner.labels.registry import label_id
 from planner.segment.levels import SegmentationError
-from planner.segment.morph import fill_holes, resample_linear, resample_nearest
+from planner.segment.morph import (
+    dilate_box,
+    erode_box,
+    erode_cross,
+    fill_holes,
+    resample_linear,
+    resample_nearest,
+)
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -363,8 +370,8 @@ def _unbridge_discs(hard: np.ndarray, filled: np.ndarray) -> np.ndarray:
     -------
     (ni, nj, nk) bool ndarray
     """
-    flat = np.ones((3, 3, 1), bool)
-    filled_flat = ndi.binary_erosion(_fill_holes_capped(ndi.binary_dilation(hard, flat)), flat, border_value=1)
+    flat = (3, 3, 1)
+    filled_flat = erode_box(_fill_holes_capped(dilate_box(hard, flat)), flat, border_value=1)
     extra = filled & ~filled_flat & ~hard
     if not extra.any():
         return filled
@@ -393,8 +400,8 @@ def bone_mask(hu: np.ndarray, metal: np.ndarray | None, threshold: float, spacin
         hard |= metal
     # A 1-voxel cortical shell is only 26-connected: thicken before filling so the
     # (6-connected) background cannot leak through it, then undo the thickening.
-    cube = np.ones((3, 3, 3), bool)
-    filled = ndi.binary_erosion(_fill_holes_capped(ndi.binary_dilation(hard, cube)), cube, border_value=1)
+    cube = (3, 3, 3)
+    filled = erode_box(_fill_holes_capped(dilate_box(hard, cube)), cube, border_value=1)
     if spacing[2] > THIN_DISC_SPACING_MM:
         filled = _unbridge_discs(hard, filled)
     # Plus what the slices enclose (a gap in the 3-D shell empties the whole body).  The
@@ -405,7 +412,7 @@ def bone_mask(hu: np.ndarray, metal: np.ndarray | None, threshold: float, spacin
     bone = filled | _fill_holes_voted(hard)
     # peel the partial-volume rim: surface voxels below the surface threshold are mostly
     # soft tissue (the true edge of a cortex lies at half its contrast)
-    rim = bone & ~ndi.binary_erosion(bone, border_value=1)
+    rim = bone & ~erode_cross(bone, border_value=1)
     bone &= ~(rim & (hu < threshold + SURFACE_ABOVE_CORTICAL_HU))
     if metal is not None:
         bone |= metal
@@ -437,7 +444,7 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float) -> np.nd
     -------
     (ni, nj, nk) bool ndarray
     """
-    inner = ndi.binary_erosion(bone, border_value=1)
+    inner = erode_cross(bone, border_value=1)
     rim = bone & ~inner
     cand = rim & (hu < threshold + SURFACE_HALF_CONTRAST_ABOVE_CORTICAL_HU)
     idx = np.flatnonzero(cand)

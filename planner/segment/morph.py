@@ -133,3 +133,55 @@ def centroids(labels: np.ndarray, ids: Iterable[int]) -> np.ndarray:
         s = np.bincount(lab, weights=c.astype(np.float64), minlength=n)
         out[ok, a] = s[ids[ok]] / count[ids[ok]]
     return out
+
+
+def _shift_combine(out: np.ndarray, src: np.ndarray, axis: int, op) -> None:
+    """``out[x] op= src[x - 1]`` and ``out[x] op= src[x + 1]`` along ``axis``, in place."""
+    lo = [slice(None)] * src.ndim
+    hi = [slice(None)] * src.ndim
+    lo[axis] = slice(None, -1)
+    hi[axis] = slice(1, None)
+    op(out[tuple(hi)], src[tuple(lo)], out=out[tuple(hi)])
+    op(out[tuple(lo)], src[tuple(hi)], out=out[tuple(lo)])
+
+
+def dilate_box(mask: np.ndarray, size: Iterable[int]) -> np.ndarray:
+    """Binary dilation by a centred box of odd ``size`` per axis (outside counts as 0).
+
+    ``ndimage.binary_dilation(mask, np.ones(size, bool))``, separable: one shifted OR per
+    unit of radius and axis (a 3x3x3 dilation of a CT-sized mask in a tenth of a second
+    against about two seconds)."""
+    size = tuple(int(s) for s in size)
+    if any(s % 2 == 0 or s < 1 for s in size) or len(size) != mask.ndim:
+        raise ValueError(f"box size must be odd and positive per axis, got {size}")
+    out = np.array(mask, bool, copy=True)
+    for a, s in enumerate(size):
+        for _ in range(s // 2):
+            _shift_combine(out, out.copy(), a, np.logical_or)
+    return out
+
+
+def erode_box(mask: np.ndarray, size: Iterable[int], border_value: int = 0) -> np.ndarray:
+    """Binary erosion by a centred box of odd ``size`` per axis; outside the array counts
+    as ``border_value`` (as ``ndimage.binary_erosion``)."""
+    m = np.asarray(mask, bool)
+    if border_value:
+        return ~dilate_box(~m, size)
+    pads = [(int(s) // 2, int(s) // 2) for s in size]
+    big = np.pad(~m, pads, constant_values=True)
+    inner = tuple(slice(p, n - q) for (p, q), n in zip(pads, big.shape))
+    return ~dilate_box(big, size)[inner]
+
+
+def erode_cross(mask: np.ndarray, border_value: int = 0) -> np.ndarray:
+    """Binary erosion by the 6-neighbour cross (``ndimage.binary_erosion`` default)."""
+    m = np.asarray(mask, bool)
+    out = m.copy()
+    for a in range(m.ndim):
+        _shift_combine(out, m, a, np.logical_and)
+        if not border_value:
+            sl = [slice(None)] * m.ndim
+            for end in (0, -1):
+                sl[a] = end
+                out[tuple(sl)] = False
+    return out

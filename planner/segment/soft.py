@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import CodedWarning, InputError
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, is_bone
-from planner.segment.morph import fill_holes
+from planner.segment.morph import dilate_box, erode_box, fill_holes
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -474,7 +474,14 @@ def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray,
     # the canal is round / oval: an opening removes the lateral recesses (narrow wings of
     # the hole between pedicle and body) and foraminal extensions
     if CANAL_OPEN_MM > 0:
-        opened = ndi.binary_opening(canal, structure=_disk3(CANAL_OPEN_MM / sp2))
+        disk = _disk3(CANAL_OPEN_MM / sp2)
+        opened = np.zeros_like(canal)
+        if canal.any():
+            # on the canal's bounding box padded by the disk (the same result, a fraction
+            # of the voxels)
+            bb = ndi.find_objects(canal.view(np.uint8))[0]
+            bb = tuple(slice(max(0, b.start - r - 1), b.stop + r + 1) for b, r in zip(bb, np.array(disk.shape) // 2))
+            opened[bb] = ndi.binary_opening(canal[bb], structure=disk)
         keep = opened.any(axis=(0, 1))
         canal[:, :, keep] = opened[:, :, keep]
     sections = {s: canal[:, :, s] for s in enclosed}
@@ -761,7 +768,7 @@ def segment_soft_tissue(
 
     # pleura zone, aorta, fluid on the block grid
     r = np.maximum(1, np.round(PLEURA_MM / csp)).astype(int)
-    pleura_c = (ndi.binary_dilation(lungs_c, structure=np.ones(tuple(2 * r + 1), bool))
+    pleura_c = (dilate_box(lungs_c, tuple(2 * r + 1))
                 if lungs_c.any() else lungs_c)
     disks, ainfo = _aorta(fr, f, hc_s, bone_c, body_c, dxy, cinfo)
     if not ainfo.get("found"):
@@ -847,7 +854,7 @@ def segment_soft_tissue(
 
 def _erode_border(m: np.ndarray) -> np.ndarray:
     """``m`` minus its 26-connected border voxels (array border counts as inside)."""
-    return ndi.binary_erosion(m, structure=np.ones((3, 3, 3), bool), border_value=1)
+    return erode_box(m, (3, 3, 3), border_value=1)
 
 
 def _fluid(fr: _Frame, f: np.ndarray, hc: np.ndarray, bone_c: np.ndarray, body_c: np.ndarray,
