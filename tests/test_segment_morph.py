@@ -86,3 +86,20 @@ def test_cross_erosion_matches_scipy_and_box_rejects_even():
         assert np.array_equal(erode_cross(m, border), ndi.binary_erosion(m, border_value=border))
     with pytest.raises(ValueError):
         dilate_box(m, (2, 3, 3))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_close_line_is_the_edge_extended_closing(seed):
+    from planner.segment.morph import close_line
+
+    rng = np.random.default_rng(seed)
+    m = rng.random((13, 11, 40)) > rng.uniform(0.3, 0.8)
+    n, axis = int(rng.integers(1, 7)), int(rng.integers(0, 3))
+    pad = [(0, 0)] * 3
+    pad[axis] = (n + 1, n + 1)
+    line = [1, 1, 1]
+    line[axis] = n
+    ref = ndi.binary_closing(np.pad(m, pad, mode="edge"), structure=np.ones(line, bool))
+    crop = [slice(None)] * 3
+    crop[axis] = slice(n + 1, -(n + 1))
+    assert np.array_equal(close_line(m, n, axis), ref[tuple(crop)])

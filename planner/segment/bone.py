@@ -51,6 +51,8 @@ from planner.segment.morph import (
     resample_linear,
     resample_nearest,
 )
+from planner.solve.edt import edt as edt_mm
+from planner.solve.edt import edt_sq
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -260,6 +262,12 @@ def _upsample_labels(lab: np.ndarray, f: tuple[int, int, int], shape: tuple[int,
 
 
 # ----------------------------------------------------------------------------- bone mask
+def _depth(mask: np.ndarray, spacing) -> np.ndarray:
+    """Distance (mm, float32) from each voxel of ``mask`` to the nearest voxel outside it
+    (``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``, compiled)."""
+    return edt_mm(mask, spacing, invert=True).astype(np.float32)
+
+
 def cortical_threshold(hu: np.ndarray) -> float:
     """Cortical-bone threshold (HU) from the data.
 
@@ -487,7 +495,7 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
 
     # metal is a hole here: screws in pedicles must not make the pedicles look thick
     solid = bone_c & ~metal_c if metal_c is not None else bone_c
-    edt = ndi.distance_transform_edt(solid, sampling=sp_c).astype(np.float32)
+    edt = _depth(solid, sp_c)
     peaks = h_maxima(edt, MARKER_H_MM).astype(bool) & (edt >= 3.0)
     markers, n = ndi.label(peaks, np.ones((3, 3, 3)))
     pieces = watershed(-edt, markers, mask=bone_c).astype(np.int32)
@@ -685,7 +693,7 @@ def _assign_vertebrae(bone_c: np.ndarray, metal_c: np.ndarray, body_c: np.ndarra
 
     flood = bone_c
     if metal_c is not None and metal_c.any():
-        far = ndi.distance_transform_edt(~(bone_c & ~metal_c), sampling=sp_c) > METAL_FLOOD_MAX_MM
+        far = edt_mm(bone_c & ~metal_c, sp_c) > METAL_FLOOD_MAX_MM
         flood = bone_c & ~(metal_c & far)
     markers = np.where(flood, body_c, 0).astype(np.int32)
     n_grow = int(round(PEDICLE_GROW_MM / float(np.mean(sp_c))))
@@ -693,7 +701,7 @@ def _assign_vertebrae(bone_c: np.ndarray, metal_c: np.ndarray, body_c: np.ndarra
     for _ in range(n_grow):
         grown = ndi.grey_dilation(markers, footprint=st)
         markers = np.where((markers == 0) & flood, grown, markers)
-    edt = ndi.distance_transform_edt(flood, sampling=sp_c).astype(np.float32)
+    edt = _depth(flood, sp_c)
     return watershed(-edt, markers, mask=flood).astype(np.int32)
 
 
@@ -808,10 +816,9 @@ def segment_bone(
     vert = np.where(bone_k, vert, 0)
     miss = bone_k & (vert == 0)
     if miss.any():
-        idx = ndi.distance_transform_edt(vert == 0, sampling=sp_w, return_distances=False, return_indices=True)
-        near = vert[tuple(idx)]
-        vert[miss] = near[miss]
-        del idx, near
+        _, ft = edt_sq(vert != 0, sp_w, return_features=True)
+        vert[miss] = vert.reshape(-1)[ft[miss]]
+        del ft
     timings["assign"] = time.perf_counter() - t
 
     # ---- parts per vertebra
@@ -825,7 +832,7 @@ def segment_bone(
 
     # metal counts as bone for the centres: a screw inside one side of a body (the other side
     # without one) would otherwise push the core, and with it the frame, to the free side
-    edt_w = ndi.distance_transform_edt(bone_k, sampling=sp_w).astype(np.float32)
+    edt_w = _depth(bone_k, sp_w)
     frames = lv.vertebra_frames(vert, body_seed, len(bodies), sp_w, edt_w)
     del edt_w
     parts_k, part_info = lv.split_parts(vert, body_seed, frames, bone_k, hu_k, metal_k, sp_w)

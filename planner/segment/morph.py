@@ -185,3 +185,24 @@ def erode_cross(mask: np.ndarray, border_value: int = 0) -> np.ndarray:
                 sl[a] = end
                 out[tuple(sl)] = False
     return out
+
+
+def close_line(mask: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Binary closing by a line of ``n`` voxels along ``axis``, of the mask extended beyond
+    the array by its edge values: every gap of fewer than ``n`` background voxels between
+    two mask voxels of a line is filled; gaps open to an end of the array stay.
+
+    ``ndimage.binary_closing`` with ``np.ones(n)`` along ``axis`` on the edge-padded
+    array, any ``n`` (also even), from one running maximum and minimum per line.
+    """
+    m = np.asarray(mask, bool)
+    if n <= 1 or m.shape[axis] < 3:
+        return m.copy()
+    L = m.shape[axis]
+    shape = [1] * m.ndim
+    shape[axis] = L
+    ar = np.arange(L, dtype=np.int32).reshape(shape)
+    prev = np.maximum.accumulate(np.where(m, ar, np.int32(-1)), axis=axis)
+    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(m, ar, np.int32(L)), axis), axis=axis), axis)
+    gap = (prev >= 0) & (nxt < L) & (nxt - prev - 1 < n)
+    return m | gap

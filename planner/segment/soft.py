@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import CodedWarning, InputError
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, is_bone
-from planner.segment.morph import dilate_box, erode_box, fill_holes
+from planner.segment.morph import close_line, dilate_box, erode_box, fill_holes
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -365,11 +365,10 @@ def _hole_candidates(bone: np.ndarray, hu_s: np.ndarray, spacing: np.ndarray
     voxels), ``extent`` (largest / smallest bounding-box side, a roundness proxy).
     """
     n_close = max(1, int(round(CANAL_CLOSING_MM / spacing[2])))
-    pad = n_close + 1
-    b = np.pad(bone, ((1, 1), (1, 1), (pad, pad)), mode="edge")
-    b = ndi.binary_closing(b, structure=np.ones((1, 1, n_close), bool))
-    b = ndi.binary_closing(b, structure=np.ones((3, 3, 1), bool))
-    ring = b[1:-1, 1:-1, pad:-pad] | bone
+    # both closings of the bone extended by its edge values beyond the array
+    b = np.pad(close_line(bone, n_close, axis=2), ((1, 1), (1, 1), (0, 0)), mode="edge")
+    b = erode_box(dilate_box(b, (3, 3, 1)), (3, 3, 1))
+    ring = b[1:-1, 1:-1, :] | bone
     holes = _fill_slices(ring) & ~ring
     lab, n = ndi.label(holes, structure=_ST2)
     keys = ("id", "s", "area", "mean", "u", "v", "extent")
@@ -782,11 +781,11 @@ def segment_soft_tissue(
 
     # full resolution, in the body's bounding box: one upsampled code volume, outline and
     # lung borders refined on the raw HU within one block of the coarse border
-    one = np.ones((3, 3, 3), bool)
+    one = (3, 3, 3)
     code = (_erode_border(body_c).astype(np.uint8)
-            | (ndi.binary_dilation(body_c, one).astype(np.uint8) << 1)
+            | (dilate_box(body_c, one).astype(np.uint8) << 1)
             | (_erode_border(lungs_c).astype(np.uint8) << 2)
-            | (ndi.binary_dilation(lungs_c, one).astype(np.uint8) << 3)
+            | (dilate_box(lungs_c, one).astype(np.uint8) << 3)
             | (left_c.astype(np.uint8) << 4) | (pleura_c.astype(np.uint8) << 5)
             | (fluid_c.astype(np.uint8) << 6) | (fat_c.astype(np.uint8) << 7))
     nzc = np.nonzero(code & 2)
