@@ -103,3 +103,20 @@ def test_close_line_is_the_edge_extended_closing(seed):
     crop = [slice(None)] * 3
     crop[axis] = slice(n + 1, -(n + 1))
     assert np.array_equal(close_line(m, n, axis), ref[tuple(crop)])
+
+
+def test_bbox_and_label_max_match_scipy():
+    from planner.segment.morph import bbox, label_max
+
+    rng = np.random.default_rng(8)
+    m = np.zeros((30, 25, 20), bool)
+    m[3:17, 9:10, 4:19] = rng.random((14, 1, 15)) > 0.5
+    assert bbox(m) == ndi.find_objects(m.view(np.uint8))[0]
+    assert bbox(m[:, 9, :]) == ndi.find_objects(m[:, 9, :].view(np.uint8))[0]
+    with pytest.raises(ValueError):
+        bbox(np.zeros((3, 3, 3), bool))
+    lab, n = ndi.label(rng.random((20, 20, 20)) > 0.6)
+    vals = rng.normal(size=lab.shape)
+    got = label_max(vals, lab, n + 2)
+    assert np.allclose(got[:n], ndi.maximum(vals, lab, np.arange(1, n + 1)))
+    assert np.all(got[n:] == 0)

@@ -44,6 +44,7 @@ from scipy import ndimage as ndi
 from planner.labels.registry import label_id
 from planner.segment.levels import SegmentationError
 from planner.segment.morph import (
+    bbox,
     dilate_box,
     erode_box,
     erode_cross,
@@ -784,7 +785,7 @@ def segment_bone(
         )
 
     # ---- crop to bone
-    sl = ndi.find_objects(bone.astype(np.uint8))[0]
+    sl = bbox(bone)
     sl = tuple(slice(max(0, s.start - 2), min(n, s.stop + 2)) for s, n in zip(sl, bone.shape))
     bone_k = bone[sl]
     hu_k = hu_w[sl]
@@ -847,11 +848,14 @@ def segment_bone(
     # ---- label map on the work grid, then back to the CT grid
     lab_k = np.zeros(bone_k.shape, np.uint16)
     lab_k[bone_k] = label_id("other_bone")
+    part_lut = np.zeros(16 * (len(names) + 1), np.uint16)  # part code -> registry id
     for n, name in enumerate(names, start=1):
-        if name is None:
-            continue
-        for part, code in lv.PART_CODES.items():
-            lab_k[parts_k == n * 16 + code] = label_id(f"{name}_{part}")
+        if name is not None:
+            for part, code in lv.PART_CODES.items():
+                part_lut[n * 16 + code] = label_id(f"{name}_{part}")
+    named = part_lut[np.clip(parts_k, 0, part_lut.size - 1)]
+    np.copyto(lab_k, named, where=named > 0)
+    del named
     lab_k[metal_k] = 0  # metal keeps its own (hardware) labels
     # surface voxels whose centre lies outside the bone (half contrast) are not bone
     lab_k[surface_outside(bone_k | metal_k, hu_k, thr) & ~metal_k] = 0
@@ -875,13 +879,15 @@ def segment_bone(
         axes[nm] = to_lps_axes @ fr["R"]
     heights = {nm: part_info[n]["heights"] for n, nm in enumerate(names) if nm is not None}
     cut = set()
+    is_body = (parts_k % 16 == lv.PART_CODES["body"]) & (parts_k > 0)
+    body_boxes = ndi.find_objects(np.where(is_body, parts_k // 16, 0))
     for n, nm in enumerate(names, start=1):
         if nm is None:
             continue
-        ob = ndi.find_objects((parts_k == n * 16 + lv.PART_CODES["body"]).astype(np.uint8))
-        if ob and ob[0] is not None:
-            lo = np.array([q.start for q in ob[0]]) + origin_w
-            hi = np.array([q.stop for q in ob[0]]) + origin_w
+        ob = body_boxes[n - 1] if n <= len(body_boxes) else None
+        if ob is not None:
+            lo = np.array([q.start for q in ob]) + origin_w
+            hi = np.array([q.stop for q in ob]) + origin_w
             if np.any(lo <= 0) or np.any(hi >= np.array(bone.shape)):
                 cut.add(nm)
     fractures, loss = lv.fractures_from_heights(heights, levels, cut)

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import PlannerError
 from planner.labels.registry import LEVELS
-from planner.segment.morph import centroids
+from planner.segment.morph import centroids, label_max
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def vertebra_frames(
     cb = centroids(seed, idx)
     if edt is not None:
         emax = np.zeros(n + 1)
-        emax[1:] = ndi.maximum(edt, seed, idx)
+        emax[1:] = label_max(edt, seed, n)
         core = np.where(edt >= CORE_FRACTION * emax[seed], seed, 0)
         cc = centroids(core, idx)
         ok = np.all(np.isfinite(cc), axis=1)

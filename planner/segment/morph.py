@@ -45,7 +45,7 @@ def fill_holes(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndar
     structure = np.asarray(structure, bool)
     if mask.ndim and mask.any():
         # holes lie inside the mask's bounding box: fill only there (the rest is outside)
-        box = ndi.find_objects(mask.view(np.uint8))[0]
+        box = bbox(mask)
         if any(b.start > 0 or b.stop < n for b, n in zip(box, mask.shape)):
             out = mask.copy()
             out[box] = fill_holes(mask[box], structure)
@@ -206,3 +206,33 @@ def close_line(mask: np.ndarray, n: int, axis: int) -> np.ndarray:
     nxt = np.flip(np.minimum.accumulate(np.flip(np.where(m, ar, np.int32(L)), axis), axis=axis), axis)
     gap = (prev >= 0) & (nxt < L) & (nxt - prev - 1 < n)
     return m | gap
+
+
+def bbox(mask: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box (slices) of the true voxels of a 2-D or 3-D ``mask`` (not empty), from
+    axis projections (``ndimage.find_objects`` scans every voxel with its label)."""
+    m = np.asarray(mask, bool)
+    if m.ndim == 3:
+        plane = m.any(axis=2)
+        axes = [plane.any(axis=1), plane.any(axis=0), m.any(axis=(0, 1))]
+    else:
+        axes = [m.any(axis=tuple(b for b in range(m.ndim) if b != a)) for a in range(m.ndim)]
+    out = []
+    for p in axes:
+        nz = np.flatnonzero(p)
+        if nz.size == 0:
+            raise ValueError("bbox of an empty mask")
+        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(out)
+
+
+def label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Largest value per label ``1..n`` (``ndimage.maximum(values, labels, 1..n)``; 0 for
+    absent labels; only labelled voxels read)."""
+    f = labels.reshape(-1)
+    sel = np.flatnonzero((f > 0) & (f <= n))
+    out = np.zeros(n + 1, np.float64)
+    out[:] = -np.inf
+    np.maximum.at(out, f[sel].astype(np.intp), values.reshape(-1)[sel].astype(np.float64))
+    out[~np.isfinite(out)] = 0.0
+    return out[1:]

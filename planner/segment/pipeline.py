@@ -219,9 +219,8 @@ def merge_labels(soft: np.ndarray | None, anatomy: np.ndarray | None, hardware: 
         if soft is not None:
             neural = np.isin(out, sorted(_NEURAL))
             take &= ~neural | _BONE_LUT[a]
-        out[take] = a[take]
-    hw = hardware > 0
-    out[hw] = hardware[hw]
+        np.copyto(out, a, where=take, casting="unsafe")
+    np.copyto(out, hardware, where=hardware > 0, casting="unsafe")
     return out
 
 
