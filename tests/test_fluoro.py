@@ -421,8 +421,7 @@ def occluding_scene():
 def test_view_search_finds_oblique_clearing_the_tip():
     t, hw, wall = occluding_scene()
     vp = plan_views(t, hw, wall)
-    assert vp.n_poses >= 300
-    assert vp.seconds < 2.0
+    assert vp.n_poses >= 300  # timing: benchmarks/bench_fluoro.py
     ap = vp.reference["ap"]
     best = vp.best
     assert ap["tip"] > 0.9  # the screw hides the tip in AP
@@ -716,7 +715,7 @@ def test_case_example_suggested_view_reduces_tip_and_wall_overlap(case_example_v
     height) against both AP and lateral, and leaves the tip no more hidden than either (the
     tip of these trajectories is already clear in AP and lateral: nothing to reduce there)."""
     t, W, vp = case_example_view_plans[level]
-    assert len(W) >= 50 and vp.n_poses >= 300 and vp.seconds < 2.0
+    assert len(W) >= 50 and vp.n_poses >= 300  # timing: benchmarks/bench_fluoro.py
     sug = vp.suggest()
     tw = sug["tip_wall"]
     assert (tw["lao"], tw["cran"]) != (0.0, 0.0) and tw["needle_deg"] >= 30.0

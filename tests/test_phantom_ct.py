@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -123,14 +122,6 @@ def test_streaks_dark_between_rods_and_quiet_far_away():
     same = streaks.add_metal_streaks(hu, np.zeros_like(metal), (s, s), np.random.default_rng(0))
     assert np.array_equal(same, hu)
 
-
-def test_streaks_fast_enough():
-    hu, metal, *_ , s = _rod_slice()
-    streaks.add_metal_streaks(hu, metal, (s, s), np.random.default_rng(0))  # warm-up
-    t = time.perf_counter()
-    streaks.add_metal_streaks(hu, metal, (s, s), np.random.default_rng(0))
-    dt = time.perf_counter() - t
-    assert dt < 1.0, f"{dt:.2f} s per metal slice (target 0.3 s on a free core)"
 
 
 def test_finish_ct_deterministic_with_streaks():
