@@ -62,6 +62,7 @@ from planner.labels.registry import (
     OTHER_METAL,
     ROD_IDS,
 )
+from planner.segment.morph import bbox
 from planner.segment.result import MetalObject
 from planner.volume import Volume
 
@@ -1029,6 +1030,6 @@ def _midline_x(arr: np.ndarray, A: np.ndarray, box, frames) -> float:
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
-    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-    return tuple(slice(max(0, int(x[0]) - pad), min(n, int(x[-1]) + pad + 1))
-                 for x, n in zip(idx, mask.shape))  # type: ignore[return-value]
+    """:func:`planner.segment.morph.bbox` of ``mask`` padded by ``pad`` voxels (clipped)."""
+    return tuple(slice(max(0, b.start - pad), min(n, b.stop + pad))
+                 for b, n in zip(bbox(mask), mask.shape))  # type: ignore[return-value]

@@ -231,8 +231,7 @@ def label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     absent labels; only labelled voxels read)."""
     f = labels.reshape(-1)
     sel = np.flatnonzero((f > 0) & (f <= n))
-    out = np.zeros(n + 1, np.float64)
-    out[:] = -np.inf
+    out = np.full(n + 1, -np.inf)
     np.maximum.at(out, f[sel].astype(np.intp), values.reshape(-1)[sel].astype(np.float64))
     out[~np.isfinite(out)] = 0.0
     return out[1:]

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from planner.errors import CodedWarning, InputError
 from planner.labels.registry import LABEL_IDS, LABEL_NAMES, is_bone
-from planner.segment.morph import close_line, dilate_box, erode_box, fill_holes
+from planner.segment.morph import bbox, close_line, dilate_box, erode_box, fill_holes
 from planner.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -478,8 +478,7 @@ def _canal(fr: _Frame, hu_s: np.ndarray, bone: np.ndarray, body: np.ndarray,
         if canal.any():
             # on the canal's bounding box padded by the disk (the same result, a fraction
             # of the voxels)
-            bb = ndi.find_objects(canal.view(np.uint8))[0]
-            bb = tuple(slice(max(0, b.start - r - 1), b.stop + r + 1) for b, r in zip(bb, np.array(disk.shape) // 2))
+            bb = tuple(slice(max(0, b.start - r - 1), b.stop + r + 1) for b, r in zip(bbox(canal), np.array(disk.shape) // 2))
             opened[bb] = ndi.binary_opening(canal[bb], structure=disk)
         keep = opened.any(axis=(0, 1))
         canal[:, :, keep] = opened[:, :, keep]
