@@ -261,11 +261,12 @@ def tip_clearance(tip: np.ndarray, hw: list) -> tuple[float, str]:
     return float(d[i]), cyl.names[i]
 
 
-def _stats(x: list[float]) -> str:
-    return f"median {statistics.median(x):.3f} worst {max(x):.3f}"
+def _stats(x: list[float], worst=max) -> str:
+    """Median and worst (the largest overlap; ``worst=min`` for gaps)."""
+    return f"median {statistics.median(x):.3f} worst {worst(x):.3f}"
 
 
-VERDICTS = ("reduced", "clear in both", "not reduced", "increased")
+VERDICTS = ("reduced", "clear in both", "not reduced", "increased", "wider", "ample in both", "same", "narrower")
 
 
 def _verdict_counts(verdicts: list[str]) -> str:
@@ -295,6 +296,10 @@ def print_candidate_summary(level: str, rows: list[dict], tag: str = "") -> None
     if not ok:
         return
     disc = ViewSearchSettings().tip_radius_mm
+    g = [r["tip_wall"]["compare"]["tip_gap_mm"] for r in ok]
+    print(f"    {lv} tip gap to the nearest hardware shadow (mm, all {len(ok)}): tip_wall {_stats([x['view'] for x in g], min)}"
+          f" | AP {_stats([x['ap'] for x in g], min)} | lateral {_stats([x['lateral'] for x in g], min)}; "
+          f"vs AP: {_verdict_counts([x['vs_ap'] for x in g])}; vs lateral: {_verdict_counts([x['vs_lateral'] for x in g])}")
     for comp in ("tip", "wall"):
         hit = [r for r in ok if r["ap"][comp] > 0 or r["lateral"][comp] > 0]
         hit01 = [r for r in ok if r["ap"][comp] > 0.01 or r["lateral"][comp] > 0.01]
@@ -306,6 +311,13 @@ def print_candidate_summary(level: str, rows: list[dict], tag: str = "") -> None
         below = sum(r["tip_wall"][comp] <= min(r["ap"][comp], r["lateral"][comp]) + 1e-9 for r in hit)
         print(f"        tip_wall at or below both AP and lateral in {below} of {len(hit)}")
         if comp == "tip":
+            gaps = [r for r in hit if "tip_gap_mm" in r["tip_wall"]["compare"]]
+            if gaps:
+                g = [r["tip_wall"]["compare"]["tip_gap_mm"] for r in gaps]
+                print(f"        tip gap to the nearest shadow, mm: tip_wall {_stats([x['view'] for x in g], min)} | "
+                      f"AP {_stats([x['ap'] for x in g], min)} | lateral {_stats([x['lateral'] for x in g], min)}")
+                for ref in ("ap", "lateral"):
+                    print(f"        tip gap vs {ref:8}: {_verdict_counts([x[f'vs_{ref}'] for x in g])}")
             stuck = [r for r in hit if r["least_tip"] >= 0.01]
             clear = [r for r in hit if r["least_tip"] < 0.01]
             if stuck:
@@ -512,7 +524,7 @@ def main() -> int:
         sug = vp.suggest()
         print()
         print(f"    {lv:5} {'view':14} {'LAO':>6} {'CRAN':>6} {'tip':>6} {'wall':>6} {'path':>6} {'wall*':>6} "
-              f"{'overlap':>8} {'needle':>7} {'wall-plane':>10}")
+              f"{'overlap':>8} {'needle':>7} {'wall-plane':>10} {'tip gap mm':>10}")
         sv = standard_views(t, None, vp)
         rows = [(n, c.lao_deg, c.cran_deg) for n, c in sv.items() if n not in ("best_oblique", "wall_edge_on")]
         rows += [(f"-> {name}", v["lao"], v["cran"]) for name, v in sug.items() if name != "findings" and v is not None]
@@ -520,7 +532,8 @@ def main() -> int:
             s = score_poses(t, hw, W, [la], [cr], wall_normals=N)
             s_all = score_poses(t, hw, W_all, [la], [cr])
             print(f"    {lv:5} {name:14} {la:6.1f} {cr:6.1f} {s['tip'][0]:6.3f} {s['wall'][0]:6.3f} {s['path'][0]:6.3f} "
-                  f"{s_all['wall'][0]:6.3f} {s['overlap'][0]:8.3f} {s['needle_deg'][0]:7.1f} {s['wall_plane_deg'][0]:10.1f}")
+                  f"{s_all['wall'][0]:6.3f} {s['overlap'][0]:8.3f} {s['needle_deg'][0]:7.1f} {s['wall_plane_deg'][0]:10.1f} "
+                  f"{s['tip_gap_mm'][0]:10.1f}")
         for name in ("tip_wall", "wall_edge_on"):
             v = sug[name]
             if v is None:
@@ -529,6 +542,10 @@ def main() -> int:
             print(f"    {lv}: suggested {name} view LAO {v['lao']:+.0f} CRAN {v['cran']:+.0f}: "
                   "ratio to AP / lateral, verdict vs AP / lateral")
             for comp, row in v["compare"].items():
+                if comp == "tip_gap_mm":
+                    print(f"        tip gap {row['view']:.1f} mm  AP {row['ap']:.1f} mm {row['vs_ap']:8}"
+                          f"  lateral {row['lateral']:.1f} mm {row['vs_lateral']}  (more = more room around the tip)")
+                    continue
                 print(f"        {comp:5} {row['view']:.3f}  AP {row['ap']:.3f} x{fmt_ratio(row['ratio_ap'])} {row['vs_ap']:14}"
                       f"  lateral {row['lateral']:.3f} x{fmt_ratio(row['ratio_lateral'])} {row['vs_lateral']}")
         print(f"    {lv}: findings")

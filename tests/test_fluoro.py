@@ -462,6 +462,56 @@ def test_scores_are_geometric_and_deterministic():
         rr, cc = np.mgrid[: c.image_shape[0], : c.image_shape[1]]
         disc = (cc - tip[0]) ** 2 + (rr - tip[1]) ** 2 <= r_px**2
         assert sc["tip"][i] == pytest.approx(covered[disc].mean(), abs=0.12)
+        # the tip gap against the distance from the tip pixel to the nearest shadow pixel
+        px_per_mm = r_px / 3.0
+        d_px = np.sqrt((cc - tip[0]) ** 2 + (rr - tip[1]) ** 2)[covered].min()
+        assert sc["tip_gap_mm"][i] == pytest.approx(max(d_px - 0.5, 0.0) / px_per_mm, abs=1.0 / px_per_mm)
+    assert np.all(score_poses(t, [], wall, lao, cran)["tip_gap_mm"] == ViewSearchSettings().tip_gap_cap_mm)
+
+
+def test_tip_gap_is_the_projected_distance_to_the_shadow():
+    # a rod beside the tip at the tip's depth in AP: the gap is the distance minus the radius,
+    # in mm at the object whatever the magnification
+    target = np.array([0.0, -10.0, 0.0])
+    t = Trajectory(np.array([-50.0, 80.0, 0.0]), target)
+    rod = Rod("left", np.array([target + [12.0, 0.0, -60.0], target + [12.0, 0.0, 60.0]]), 6.0)  # 6 mm diameter
+    for sdd in (1000.0, 1200.0):
+        sc = score_poses(t, [rod], None, [0.0], [0.0], carm=CArm(source_to_detector_mm=sdd))
+        assert sc["tip_gap_mm"][0] == pytest.approx(9.0, abs=1e-6)
+        assert sc["tip"][0] == 0.0
+    touching = Rod("left", np.array([target + [4.0, 0.0, -60.0], target + [4.0, 0.0, 60.0]]), 6.0)
+    sc = score_poses(t, [touching], None, [0.0], [0.0])
+    assert sc["tip_gap_mm"][0] == pytest.approx(1.0, abs=1e-6) and sc["tip"][0] > 0  # inside the 3 mm tip disc
+    inside = Rod("left", np.array([target + [0.0, 20.0, -60.0], target + [0.0, 20.0, 60.0]]), 6.0)
+    assert score_poses(t, [inside], None, [0.0], [0.0])["tip_gap_mm"][0] == 0.0
+    # beyond a flat end seen side-on the gap is the distance to that end, not to a rounded cap
+    end = Rod("left", np.array([target + [8.0, 0.0, 0.0], target + [60.0, 0.0, 0.0]]), 6.0)
+    assert score_poses(t, [end], None, [0.0], [0.0])["tip_gap_mm"][0] == pytest.approx(8.0, abs=0.1)
+
+
+def test_ranking_prefers_room_around_the_tip_among_equal_overlaps():
+    s = ViewSearchSettings()
+    sc = {
+        "lao": np.array([0.0, 0.0, 20.0]), "cran": np.array([0.0, 10.0, 0.0]),
+        "tip": np.zeros(3), "wall": np.array([0.012, 0.013, 0.014]), "path": np.array([0.002, 0.003, 0.004]),
+        "tip_gap_mm": np.array([1.2, 4.3, 25.0]), "needle_deg": np.full(3, 60.0), "wall_plane_deg": np.full(3, 70.0),
+    }
+    w = s.weights
+    sc["overlap"] = (w["tip"] * sc["tip"] + w["wall"] * sc["wall"] + w["path"] * sc["path"]) / sum(w.values())
+    ref = {"ap": {"tip": 0.0, "wall": 0.04, "path": 0.05, "tip_gap_mm": 1.2},
+           "lateral": {"tip": 0.0, "wall": 0.2, "path": 0.1, "tip_gap_mm": 0.0}}
+    better = {c: min(ref["ap"][c], ref["lateral"][c]) for c in ("tip", "wall", "path")}
+    vp = ViewPlan(sc, _rank_order(sc, s, True, better), ref, s, 0.0, True)
+    # equal in the 0.01 overlap steps: the gap decides, capped at 6 mm, then closeness to AP
+    assert list(vp.order) == [2, 1, 0]
+    sc2 = dict(sc, tip_gap_mm=np.array([1.2, 6.5, 25.0]))
+    assert list(_rank_order(sc2, s, True, better)) == [1, 2, 0]  # both past the 6 mm cap: closer to AP first
+    vp2 = ViewPlan(sc2, _rank_order(sc2, s, True, better), dict(ref, ap=dict(ref["ap"], tip_gap_mm=7.7)), s, 0.0, True)
+    assert vp2.compare(vp2.best)["tip_gap_mm"]["vs_ap"] == "ample in both"  # 6.5 vs 7.7: both ample
+    cmp = vp.compare(vp.best)["tip_gap_mm"]
+    assert cmp == {"view": 25.0, "ap": 1.2, "lateral": 0.0, "vs_ap": "wider", "vs_lateral": "wider"}
+    assert any(f.startswith("tip gap to the nearest hardware shadow vs ap 1.2 mm: tip_wall 25.0 mm (wider)")
+               for f in vp.suggest()["findings"])
 
 
 def test_per_point_coverage_matches_the_terms():
@@ -656,7 +706,8 @@ def test_write_view_pngs(tmp_path, axis_ct):
     sug = meta["view_search"]["suggested"]
     assert set(sug) == {"tip_wall", "wall_edge_on", "findings"} and sug["findings"]
     assert meta["views"]["wall_edge_on"]["angles_deg"]["wall_plane_deg"] <= 15.0
-    assert set(sug["tip_wall"]["compare"]) == {"tip", "wall", "path"}
+    assert set(sug["tip_wall"]["compare"]) == {"tip", "wall", "path", "tip_gap_mm"}
+    assert meta["views"]["ap"]["tip_gap_mm"] >= 0.0
 
 
 @pytest.mark.slow
@@ -726,6 +777,13 @@ def test_case_example_suggested_view_reduces_tip_and_wall_overlap(case_example_v
         assert cmp["tip"][f"vs_{ref}"] in ("reduced", "clear in both"), cmp["tip"]
         assert cmp["tip"]["view"] <= cmp["tip"][ref] + 1e-9
     assert cmp["path"]["vs_ap"] != "increased" and cmp["path"]["vs_lateral"] != "increased"
+    # the tip's room to the nearest hardware shadow: wider than in any standard view whose shadow
+    # reaches into the tip disc, and never narrower unless both leave ample room
+    gap = cmp["tip_gap_mm"]
+    for ref in ("ap", "lateral"):
+        assert gap[f"vs_{ref}"] in ("wider", "ample in both", "same"), gap
+        if gap[ref] < vp.settings.tip_radius_mm:
+            assert gap[f"vs_{ref}"] == "wider", gap
     # the lateral-type view shows the wall edge-on; no edge-on pose clears it here, and the findings say so
     e = sug["wall_edge_on"]
     assert e is not None and e["wall_plane_deg"] <= 15.0

@@ -48,8 +48,9 @@ Ranking and suggestions.  A weighted sum trades one component for another (a cle
 buy a hidden wall), so poses are ranked *minimax* by default: the poses in which no
 component is measurably worse than in the better of AP and lateral first; within that, by
 the larger of the tip and wall overlaps, then by the path overlap (each in steps of
-``rank_tolerance``, 0.01), then by the weighted overlap and closeness to AP
-(``ViewSearchSettings.criterion``).  Poses
+``rank_tolerance``, 0.01), then by the room left between the tip and the nearest hardware
+shadow (``tip_gap_mm``, more first, in 0.5 mm steps up to 6 mm), then by the weighted
+overlap and closeness to AP (``ViewSearchSettings.criterion``).  Poses
 whose beam is within ``min_needle_angle_deg`` (30 deg) of the needle axis see the needle
 foreshortened and are never suggested: end-on is the bull's-eye view, a view type of its
 own.  :meth:`ViewPlan.suggest` returns two views by purpose, each with its overlaps next to
@@ -559,6 +560,17 @@ class ViewSearchSettings:
         key so that of equally clear views the one closer to AP ranks first: 1e-4.
     min_separation_deg : float
         Suggested views differ by at least this much in one of the angles: 15 deg.
+    tip_gap_step_mm, tip_gap_rank_mm : float
+        The tip's projected gap to the nearest hardware shadow (``tip_gap_mm`` of
+        :func:`score_poses`) ranks poses after the overlaps: of two poses equal in the
+        overlap steps, the one that leaves more room between tip and shadow ranks first, in
+        steps of ``tip_gap_step_mm`` (0.5 mm) up to ``tip_gap_rank_mm`` (6 mm: twice the tip
+        disc, room for the tip to advance or stray by a needle diameter or two and still be
+        seen) [U].  It is also compared with AP's and lateral's (``wider`` when at least one
+        step more, ``ample in both`` when both views leave ``tip_gap_rank_mm`` or more).
+    tip_gap_cap_mm : float
+        Reported gaps are capped here (also with no hardware at all): 25 mm, about a lumbar
+        body's half-width in front of and beside the tip [U].
     wall_term : str
         ``"overlap"`` (default): the wall term is the hardware-covered fraction of the wall
         discs, as specified.  ``"seen_edge_on"``: a wall point only counts as seen to the
@@ -585,6 +597,9 @@ class ViewSearchSettings:
     rod_simplify_mm: float = 0.5
     angle_tiebreak_per_deg: float = 1e-4
     min_separation_deg: float = 15.0
+    tip_gap_step_mm: float = 0.5
+    tip_gap_rank_mm: float = 6.0
+    tip_gap_cap_mm: float = 25.0
     wall_term: str = "overlap"
 
     def __post_init__(self) -> None:
@@ -592,7 +607,8 @@ class ViewSearchSettings:
             raise FluoroError("wall_term must be 'overlap' or 'seen_edge_on'", code="PLN-FLU-001")
         if self.criterion not in ("minimax", "weighted"):
             raise FluoroError("criterion must be 'minimax' or 'weighted'", code="PLN-FLU-001")
-        for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm", "rank_tolerance"):
+        for name in ("lao_step_deg", "cran_step_deg", "tip_radius_mm", "wall_radius_mm", "rank_tolerance",
+                     "tip_gap_step_mm", "tip_gap_rank_mm", "tip_gap_cap_mm"):
             if not float(getattr(self, name)) > 0:
                 raise FluoroError(f"{name} must be > 0", code="PLN-FLU-001")
         if not (0.0 <= self.min_needle_angle_deg < 90.0 and 0.0 < self.edge_on_max_deg <= 90.0):
@@ -667,6 +683,66 @@ def _coverage(q: np.ndarray, rho: np.ndarray, a: np.ndarray, b: np.ndarray, ra: 
     return 1.0 - np.prod(1.0 - f, axis=2)
 
 
+#: Points per end ellipse in :func:`_shadow_gap` (distance error below 0.3 % of the radius).
+_GAP_ELLIPSE_POINTS = 48
+
+
+def _shadow_gap(
+    q: np.ndarray, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray, ca: np.ndarray, cb: np.ndarray
+) -> np.ndarray:
+    """Distance from one point per pose to the nearest cylinder shadow, 0 inside one.
+
+    A solid cylinder projects (seen from a point source) to the strip between its two
+    projected side lines, closed by its end discs, each an ellipse: half-axis ``r`` across
+    the projected axis and ``r |cos|`` along it (``cos`` of the angle between the cylinder
+    axis and the ray through that end).  The shadow is the tapered flat-ended strip
+    ``a..b`` joined with the two ellipses; the distance is the least of the three (each
+    ellipse sampled at :data:`_GAP_ELLIPSE_POINTS` points).
+
+    Parameters
+    ----------
+    q : (p, 2) float
+        Points, pixels.
+    a, b : (p, h, 2) float
+        Projected axis ends, pixels.
+    ra, rb : (p, h) float
+        Projected radii at ``a`` and ``b``, pixels.
+    ca, cb : (p, h) float
+        ``|cos|`` of the axis-to-ray angle at ``a`` and ``b``.
+
+    Returns
+    -------
+    (p,) float
+        Pixels; ``inf`` without cylinders.
+    """
+    if a.shape[1] == 0:
+        return np.full(q.shape[0], np.inf)
+    ab = b - a
+    L = np.linalg.norm(ab, axis=2)
+    e = np.where(L[..., None] > 1e-9, ab / np.maximum(L, 1e-9)[..., None], np.array([1.0, 0.0]))
+    n = np.stack([-e[..., 1], e[..., 0]], axis=2)
+    d = q[:, None, :] - a
+    s_ = (d * e).sum(axis=2)
+    w = (d * n).sum(axis=2)
+    sc = np.clip(s_, 0.0, L)
+    half = ra + (rb - ra) * np.where(L > 1e-9, sc / np.maximum(L, 1e-9), 0.0)
+    strip = np.hypot(s_ - sc, np.maximum(np.abs(w) - half, 0.0))
+    phi = np.linspace(0.0, 2.0 * np.pi, _GAP_ELLIPSE_POINTS, endpoint=False)
+    cphi, sphi = np.cos(phi), np.sin(phi)
+    best = strip.min(axis=1)
+    for centre, r, c in ((a, ra, ca), (b, rb, cb)):
+        dc = q[:, None, :] - centre  # (p, h, 2)
+        x, y = (dc * e).sum(axis=2), (dc * n).sum(axis=2)  # along, across
+        ry = np.maximum(r, 1e-12)
+        rx = np.maximum(r * c, 1e-12)
+        inside = (x / rx) ** 2 + (y / ry) ** 2 <= 1.0
+        ex = rx[..., None] * sphi  # (p, h, k)
+        ey = ry[..., None] * cphi
+        dist = np.hypot(x[..., None] - ex, y[..., None] - ey).min(axis=2)
+        best = np.minimum(best, np.where(inside, 0.0, dist).min(axis=1))
+    return best
+
+
 def score_poses(
     trajectory: TrajectoryLike,
     hardware: Iterable[Any],
@@ -700,7 +776,10 @@ def score_poses(
     -------
     dict
         ``lao``, ``cran`` (p,), ``path``, ``tip``, ``wall`` (covered fractions in [0, 1]),
-        ``overlap`` (their weighted mean), and two angles of the beam, degrees:
+        ``overlap`` (their weighted mean), ``tip_gap_mm`` (the tip point's distance on the
+        detector to the nearest hardware shadow edge, in mm at the tip's magnification: 0
+        when the tip is in a shadow, below ``tip_radius_mm`` when the tip disc is partly
+        covered; capped at ``tip_gap_cap_mm``), and two angles of the beam, degrees:
         ``needle_deg`` to the needle shaft (90 = the needle seen at full length, 0 =
         end-on) and ``wall_plane_deg`` to the posterior wall's plane (0 = the wall seen
         edge-on, 90 = en face; the plane's normal is the mean of ``wall_normals``, else
@@ -745,6 +824,20 @@ def score_poses(
     cov = _coverage(q, rho, a, b, ra, rb)
     path_c = cov[:, :n_path].mean(axis=1)
     tip_c = cov[:, n_path]
+    i_tip = o + n_path
+    tip_gap = np.full(len(lao), np.inf)
+    if h:
+        M, p4 = P[:, :, :3], P[:, :, 3]
+        src = -np.linalg.solve(M, p4[..., None])[..., 0]  # (p, 3) the X-ray source
+        u3 = cyl.p1 - cyl.p0
+        u3 = u3 / np.maximum(np.linalg.norm(u3, axis=1, keepdims=True), 1e-12)
+
+        def _cos(ends: np.ndarray) -> np.ndarray:
+            ray = ends[None] - src[:, None]  # (p, h, 3)
+            return np.abs((ray * u3[None]).sum(axis=2)) / np.linalg.norm(ray, axis=2)
+
+        tip_gap = _shadow_gap(pix[:, i_tip], a, b, ra, rb, _cos(cyl.p0), _cos(cyl.p1))
+    tip_gap = np.minimum(tip_gap / scale[:, i_tip], s.tip_gap_cap_mm)
     wall_cov = cov[:, n_path + 1 :]
     if len(W) and s.wall_term == "seen_edge_on":
         if wall_normals is None or np.shape(wall_normals) != W.shape:
@@ -773,7 +866,7 @@ def score_poses(
     wall_plane_deg = np.degrees(np.arcsin(np.clip(np.abs(beam @ n_wall), 0.0, 1.0)))
     out = {
         "lao": lao.copy(), "cran": cran.copy(), "path": path_c, "tip": tip_c, "wall": wall_c, "overlap": overlap,
-        "needle_deg": needle_deg, "wall_plane_deg": wall_plane_deg,
+        "tip_gap_mm": tip_gap, "needle_deg": needle_deg, "wall_plane_deg": wall_plane_deg,
     }
     if per_point:
         out["wall_covered"] = wall_cov.copy()
@@ -791,6 +884,19 @@ def _verdict(v: float, ref: float, s: ViewSearchSettings) -> str:
     if v >= ref + a and ref <= q * v:
         return "increased"
     return "not reduced"
+
+
+def _gap_verdict(g: float, ref: float, s: ViewSearchSettings) -> str:
+    """How the tip gap ``g`` of a view compares with a reference view's ``ref`` (mm): ``"ample
+    in both"`` when both leave at least ``tip_gap_rank_mm``, else ``"wider"``, ``"narrower"``
+    (by ``tip_gap_step_mm`` or more) or ``"same"``."""
+    if g >= s.tip_gap_rank_mm and ref >= s.tip_gap_rank_mm:
+        return "ample in both"
+    if g >= ref + s.tip_gap_step_mm:
+        return "wider"
+    if g <= ref - s.tip_gap_step_mm:
+        return "narrower"
+    return "same"
 
 
 def _rank_order(
@@ -814,7 +920,10 @@ def _rank_order(
     step = s.rank_tolerance
     k1 = np.floor((np.maximum(sc["tip"], sc["wall"]) if has_wall else sc["tip"]) / step + 1e-9)
     k2 = np.floor(sc["path"] / step + 1e-9)
-    return np.lexsort((cran, lao, last, k2, k1, tier))
+    if "tip_gap_mm" not in sc:
+        return np.lexsort((cran, lao, last, k2, k1, tier))
+    k3 = -np.floor(np.minimum(sc["tip_gap_mm"], s.tip_gap_rank_mm) / s.tip_gap_step_mm + 1e-9)
+    return np.lexsort((cran, lao, last, k3, k2, k1, tier))
 
 
 @dataclass
@@ -923,7 +1032,11 @@ class ViewPlan:
             Component -> ``view``, ``ap``, ``lateral`` (overlaps), ``ratio_ap``,
             ``ratio_lateral`` (view / reference, ``None`` when the reference is 0) and
             ``vs_ap``, ``vs_lateral``: ``"reduced"``, ``"clear in both"``, ``"not reduced"``
-            or ``"increased"`` (thresholds ``reduction_abs``, ``reduction_ratio``).
+            or ``"increased"`` (thresholds ``reduction_abs``, ``reduction_ratio``).  When the
+            scores have it, ``tip_gap_mm`` too: the tip's projected gap to the nearest
+            hardware shadow in the view, AP and lateral (mm), with ``vs_ap``, ``vs_lateral``
+            ``"wider"``, ``"same"`` or ``"narrower"`` (by ``tip_gap_step_mm`` or more), or
+            ``"ample in both"`` (both at least ``tip_gap_rank_mm``).
         """
         out: dict[str, dict[str, Any]] = {}
         for c in self.components():
@@ -935,6 +1048,14 @@ class ViewPlan:
                 row[f"ratio_{ref}"] = round(v / r, 4) if r > 0 else None
                 row[f"vs_{ref}"] = _verdict(v, r, self.settings)
             out[c] = row
+        if "tip_gap_mm" in view and all("tip_gap_mm" in self.reference[r] for r in ("ap", "lateral")):
+            g = float(view["tip_gap_mm"])
+            row = {"view": round(g, 3)}
+            for ref in ("ap", "lateral"):
+                r = float(self.reference[ref]["tip_gap_mm"])
+                row[ref] = round(r, 3)
+                row[f"vs_{ref}"] = _gap_verdict(g, r, self.settings)
+            out["tip_gap_mm"] = row
         return out
 
     def suggest(self) -> dict[str, Any]:
@@ -972,6 +1093,15 @@ class ViewPlan:
                 elif c in ("tip", "wall") and _verdict(float(b[c]), r, s) not in ("reduced", "clear in both"):
                     line += "; " + self._trade_off(c, r)
                 findings.append(line)
+        if "tip_gap_mm" in b and all("tip_gap_mm" in self.reference[r] for r in ("ap", "lateral")):
+            for ref in ("ap", "lateral"):
+                r = float(self.reference[ref]["tip_gap_mm"])
+                got = [
+                    f"{name} {views[name]['tip_gap_mm']:.1f} mm ({_gap_verdict(float(views[name]['tip_gap_mm']), r, s)})"  # type: ignore[index]
+                    for name in views
+                    if views[name] is not None
+                ]
+                findings.append(f"tip gap to the nearest hardware shadow vs {ref} {r:.1f} mm: " + ", ".join(got))
         if (b["lao"], b["cran"]) == (0.0, 0.0):
             findings.append(
                 "the best tip/wall view is AP itself: no oblique reduces the tip or wall overlap without "
@@ -1229,6 +1359,7 @@ def write_view_pngs(
         meta["views"][name] = {
             "carm": c.describe(),
             "overlap": {k: round(float(terms[k][0]), 6) for k in ("path", "tip", "wall", "overlap")},
+            "tip_gap_mm": round(float(terms["tip_gap_mm"][0]), 3),
             "angles_deg": {k: round(float(terms[k][0]), 4) for k in ("needle_deg", "wall_plane_deg")},
             "window": [round(x, 4) for x in im.window()],
         }
@@ -1244,7 +1375,8 @@ def write_view_pngs(
                 for uv, f in zip(c.project(as_points(wall_points, "wall_points")), cov):
                     _paint_disc(rgb, uv, 1.6, _coverage_colour(float(f), OVERLAY_WALL_CLEAR))
             caption = (f"{name}  LAO {c.lao_deg:+.0f} CRAN {c.cran_deg:+.0f}  hardware overlap: "
-                       f"tip {terms['tip'][0]:.3f} wall {terms['wall'][0]:.3f} path {terms['path'][0]:.3f}")
+                       f"tip {terms['tip'][0]:.3f} wall {terms['wall'][0]:.3f} path {terms['path'][0]:.3f}  "
+                       f"tip gap {terms['tip_gap_mm'][0]:.1f} mm")
             img = Image.fromarray(rgb)
             _caption(img, [caption, OVERLAY_LEGEND])
             img.save(out / f"{name}_overlay.png")
