@@ -384,7 +384,8 @@ def write_compare(out_dir: Path, t: Trajectory, vp, names=("ap", "lateral", "bes
         crop = im.crop((u - half, v - half, u + half, v + half)).resize((2 * half * zoom,) * 2, Image.NEAREST)
         ov = meta[name]["overlap"]
         c = meta[name]["carm"]
-        label = f"{name} LAO {c['lao_deg']:+.0f} CRAN {c['cran_deg']:+.0f}  tip {ov['tip']:.3f} wall {ov['wall']:.3f}"
+        label = (f"{name} LAO {c['lao_deg']:+.0f} CRAN {c['cran_deg']:+.0f}  tip {ov['tip']:.3f} wall {ov['wall']:.3f}"
+                 f" gap {meta[name]['tip_gap_mm']:.1f}mm")
         d = ImageDraw.Draw(crop)
         d.rectangle([0, 0, crop.width, 13], fill=(0, 0, 0))
         d.text((3, 1), label, fill=(255, 255, 255))
@@ -554,6 +555,15 @@ def main() -> int:
         others = "; ".join(f"({v['lao']:+.0f}, {v['cran']:+.0f}) tip {v['tip']:.3f} wall {v['wall']:.3f} path {v['path']:.3f}"
                            for v in vp.suggestions(3))
         print(f"    {lv}: next distinct views by rank: {others}")
+        # the best-ranked view rotated at least 15 deg LAO/RAO (an oblique in the C-arm's sense)
+        obl = [int(i) for i in vp.order if vp.usable[i] and abs(vp.scores["lao"][i]) >= 15.0]
+        if obl:
+            v = vp.view(obl[0])
+            cmp = vp.compare(v)
+            print(f"    {lv}: best LAO/RAO oblique (|LAO| >= 15) LAO {v['lao']:+.0f} CRAN {v['cran']:+.0f}: "
+                  + "; ".join(f"{c} {cmp[c]['view']:.3f} ({cmp[c]['vs_ap']} vs AP, {cmp[c]['vs_lateral']} vs lateral)"
+                              for c in vp.components())
+                  + f"; tip gap {cmp['tip_gap_mm']['view']:.1f} mm")
         png = write_view_pngs(ct, t, hw, args.out / lv, W, wall_normals=N)
         write_compare(args.out / lv, t, vp)
         print(f"    {lv}: PNGs {', '.join(sorted(p.name for p in png.values()))} (+ _overlay, compare.png) in {args.out / lv}")
