@@ -113,6 +113,12 @@ METAL_FLOOD_MAX_MM: float = 4.0
 #: not to the articular processes, ~20 mm or more behind the wall. [U]
 PEDICLE_GROW_MM: float = 26.0
 
+#: A body's marker for the assignment of the posterior elements keeps its pieces' bone only
+#: up to this distance (mm, canonical superior) above its core (the thick middle,
+#: :data:`CORE_FRACTION`): the upper end plate lies a few mm above the core, the arch of the
+#: vertebra above higher. [U]
+BODY_MARKER_ABOVE_CORE_MM: float = 6.0
+
 #: Bone components smaller than this (mm^3) are noise or calcifications. [U]
 MIN_BONE_COMPONENT_MM3: float = 200.0
 
@@ -606,6 +612,8 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
                 "zmax": max(info[i]["z"][1] for i in g),
                 "volume": v,
                 "half_thickness": max(info[i]["e"] for i in g),
+                "core_z_mm": (min(info[i].get("core_z", info[i]["z"])[0] for i in g),
+                              max(info[i].get("core_z", info[i]["z"])[1] for i in g)),
             }
         )
     out.sort(key=lambda b: -b["centroid"][2])
@@ -808,8 +816,14 @@ def segment_bone(
         )
     t = time.perf_counter()
     body_c = np.zeros(pieces.shape, np.int32)
+    z_mm = (np.arange(pieces.shape[2]) * sp_c[2])[None, None, :]
     for n, b in enumerate(bodies, start=1):
-        body_c[np.isin(pieces, b["pieces"])] = n
+        # a body's marker is its pieces' bone up to a little above its core: a piece may
+        # hold the posterior elements of the vertebra above (the sacrum's reaches up behind
+        # L5, whose arch it took before L5's own flood through its pedicles got there).
+        # Below the core it keeps them: its own inferior articular and spinous processes.
+        keep = z_mm <= b["core_z_mm"][1] + BODY_MARKER_ABOVE_CORE_MM
+        body_c[np.isin(pieces, b["pieces"]) & keep] = n
     vert_c = _assign_vertebrae(bone_c, metal_c, body_c, sp_c)
     # full-resolution (work grid) vertebra ids: nearest coarse id for every bone voxel
     vert = _upsample_labels(vert_c, f, bone_k.shape)

@@ -1039,7 +1039,13 @@ def detect_resections(info: list[dict], names: list[str | None]) -> list[dict]:
                     if 0 <= j and j + 1 < n and "facet_inf_left_mm3" in info[j] and "facet_sup_left_mm3" in info[j + 1] and names[j + 1] != "S1":
                         refs.append(info[j][f"facet_inf_{s}_mm3"] + info[j + 1][f"facet_sup_{s}_mm3"])
                 nref = float(np.median(refs)) if refs else None
-                low_side = joint[s] < MISSING_FRACTION * joint[o] if joint[o] > 200 else False
+                # low against the other side: the two processes, or any bone in the joint's
+                # region whichever vertebra it was assigned to (how the processes of the
+                # two sides were split between the vertebrae then does not matter)
+                any_s, any_o = rec.get(f"joint_any_{s}_mm3", 0.0), rec.get(f"joint_any_{o}_mm3", 0.0)
+                low_side = (joint[s] < MISSING_FRACTION * joint[o] if joint[o] > 200 else False) or (
+                    any_o > 200 and any_s < MISSING_FRACTION * any_o
+                )
                 low_nb = nref is not None and nref > 200 and joint[s] < MISSING_FRACTION * nref
                 # any bone in the joint's region, whichever vertebra it was given to: a joint
                 # that still holds most of its neighbours' bone was assigned away, not resected
