@@ -808,6 +808,7 @@ def score_poses(
             code="PLN-FLU-003",
         )
     scale = c.source_to_detector_mm / (depth * (0.5 * sum(c.pixel_pitch_mm)))  # px per mm at each point
+    beam = P[:, 2, :3] / np.linalg.norm(P[:, 2, :3], axis=1, keepdims=True)  # (p, 3) unit source -> detector
     a, b = pix[:, :h], pix[:, h : 2 * h]
     ra, rb = cyl.radius[None] * scale[:, :h], cyl.radius[None] * scale[:, h : 2 * h]
     o = 2 * h
@@ -827,8 +828,7 @@ def score_poses(
     i_tip = o + n_path
     tip_gap = np.full(len(lao), np.inf)
     if h:
-        M, p4 = P[:, :, :3], P[:, :, 3]
-        src = -np.linalg.solve(M, p4[..., None])[..., 0]  # (p, 3) the X-ray source
+        src = t.target_lps - c.source_to_isocentre_mm * beam  # (p, 3) the X-ray source (isocentre: target)
         u3 = cyl.p1 - cyl.p0
         u3 = u3 / np.maximum(np.linalg.norm(u3, axis=1, keepdims=True), 1e-12)
 
@@ -846,7 +846,6 @@ def score_poses(
             )
         nrm = np.asarray(wall_normals, float)
         nrm = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
-        beam = P[:, 2, :3] / np.linalg.norm(P[:, 2, :3], axis=1, keepdims=True)  # (p, 3)
         sin = np.sqrt(np.clip(1.0 - (beam @ nrm.T) ** 2, 0.0, 1.0))  # (p, w)
         wall_c = (1.0 - sin * (1.0 - wall_cov)).mean(axis=1)
     else:
@@ -856,7 +855,6 @@ def score_poses(
         overlap = (w["path"] * path_c + w["tip"] * tip_c + w["wall"] * wall_c) / (w["path"] + w["tip"] + w["wall"])
     else:
         overlap = (w["path"] * path_c + w["tip"] * tip_c) / max(w["path"] + w["tip"], 1e-12)
-    beam = P[:, 2, :3] / np.linalg.norm(P[:, 2, :3], axis=1, keepdims=True)  # (p, 3) unit source -> detector
     needle_deg = np.degrees(np.arccos(np.clip(np.abs(beam @ t.direction), 0.0, 1.0)))
     n_wall = np.array([0.0, 1.0, 0.0])
     if wall_normals is not None and len(W) and np.shape(wall_normals) == W.shape:
@@ -920,9 +918,8 @@ def _rank_order(
     step = s.rank_tolerance
     k1 = np.floor((np.maximum(sc["tip"], sc["wall"]) if has_wall else sc["tip"]) / step + 1e-9)
     k2 = np.floor(sc["path"] / step + 1e-9)
-    if "tip_gap_mm" not in sc:
-        return np.lexsort((cran, lao, last, k2, k1, tier))
-    k3 = -np.floor(np.minimum(sc["tip_gap_mm"], s.tip_gap_rank_mm) / s.tip_gap_step_mm + 1e-9)
+    k3 = (-np.floor(np.minimum(sc["tip_gap_mm"], s.tip_gap_rank_mm) / s.tip_gap_step_mm + 1e-9)
+          if "tip_gap_mm" in sc else np.zeros(len(lao)))
     return np.lexsort((cran, lao, last, k3, k2, k1, tier))
 
 
@@ -1019,6 +1016,11 @@ class ViewPlan:
                 break
         return [self.view(i) for i in out]
 
+    @property
+    def has_tip_gap(self) -> bool:
+        """Whether the poses and both reference views carry ``tip_gap_mm``."""
+        return "tip_gap_mm" in self.scores and all("tip_gap_mm" in self.reference[r] for r in ("ap", "lateral"))
+
     def components(self) -> tuple[str, ...]:
         """The overlap components judged: tip, wall (with wall points) and path."""
         return COMPONENTS if self.has_wall else ("tip", "path")
@@ -1048,7 +1050,7 @@ class ViewPlan:
                 row[f"ratio_{ref}"] = round(v / r, 4) if r > 0 else None
                 row[f"vs_{ref}"] = _verdict(v, r, self.settings)
             out[c] = row
-        if "tip_gap_mm" in view and all("tip_gap_mm" in self.reference[r] for r in ("ap", "lateral")):
+        if self.has_tip_gap and "tip_gap_mm" in view:
             g = float(view["tip_gap_mm"])
             row = {"view": round(g, 3)}
             for ref in ("ap", "lateral"):
@@ -1093,7 +1095,7 @@ class ViewPlan:
                 elif c in ("tip", "wall") and _verdict(float(b[c]), r, s) not in ("reduced", "clear in both"):
                     line += "; " + self._trade_off(c, r)
                 findings.append(line)
-        if "tip_gap_mm" in b and all("tip_gap_mm" in self.reference[r] for r in ("ap", "lateral")):
+        if self.has_tip_gap:
             for ref in ("ap", "lateral"):
                 r = float(self.reference[ref]["tip_gap_mm"])
                 got = [
