@@ -245,12 +245,10 @@ def test_sacrum_does_not_take_the_l5_arch():
 
 
 # ----------------------------------------------------------------------------- real CT
-@pytest.mark.shared_data
-@pytest.mark.xfail(strict=True, reason="target body Dice >= 0.85 and L2-L4; measured: 1 body found (L4 named), Dice L2 0.0, L3 0.0, L4 0.0 on the 73x47x73 cut-out")
-def test_real_lumbar_ct(shared_data):
+@functools.cache
+def _real_lumbar(root):
     from planner.io import read_volume
 
-    root = shared_data("lumbar-ct-L2-L4")
     ct = read_volume(root / "sub-ct_label-22_ct.nii.gz")
     vert = read_volume(root / "sub-ct_seg-vert_label-22_msk.nii.gz").array
     sub = read_volume(root / "sub-ct_seg-subreg_label-22_msk.nii.gz").array
@@ -261,6 +259,25 @@ def test_real_lumbar_ct(shared_data):
         s = res.labels == label_id(f"{lv}_body")
         dices[lv] = float(2 * (g & s).sum() / (g.sum() + s.sum()))
     print("\nreal lumbar CT:", res.levels, {k: round(v, 3) for k, v in dices.items()})
+    return ct, res, dices
+
+
+@pytest.mark.shared_data
+def test_real_lumbar_ct_levels_from_shell_fits(shared_data):
+    # the noisy cut-out (soft-tissue noise ~58 HU) takes the shell-fit path, which records a
+    # warning, finds the three bodies and names them from the anchor; Dice measured
+    # 0.80 / 0.81 / 0.80 (it was 0.0 with one body before the shell fit)
+    ct, res, dices = _real_lumbar(shared_data("lumbar-ct-L2-L4"))
+    assert res.info["low_contrast_shell_fit"] and res.info["noise_sigma_hu"] > 45
+    assert "PLN-W-SEG-003" in [w.code for w in ct.provenance.warnings]
+    assert res.levels == ["L2", "L3", "L4"]
+    assert min(dices.values()) >= 0.75
+
+
+@pytest.mark.shared_data
+@pytest.mark.xfail(strict=True, reason="target body Dice >= 0.85; measured with the shell fit: L2 0.80 (cut by the field of view), L3 0.81, L4 0.80")
+def test_real_lumbar_ct(shared_data):
+    _, res, dices = _real_lumbar(shared_data("lumbar-ct-L2-L4"))
     assert res.levels == ["L2", "L3", "L4"]
     assert min(dices.values()) >= 0.85
 

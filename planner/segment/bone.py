@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from planner.labels.registry import label_id
+from planner.segment import shell
 from planner.segment.levels import SegmentationError
 from planner.segment.morph import (
     bbox,
@@ -781,8 +782,31 @@ def segment_bone(
 
     # ---- bone mask
     t = time.perf_counter()
-    thr = cortical_threshold(hu_w)
-    bone = bone_mask(hu_w, metal_w, thr, sp_w)
+    noise = shell.noise_sigma(hu_w)
+    low_contrast = noise > shell.NOISY_CT_SIGMA_HU
+    shell_fits: list[dict] = []
+    if low_contrast:
+        # noisy CT: the thresholded cortex is full of holes and no hole fill closes it; the
+        # bodies are star-shaped fits to the smoothed shell (:mod:`planner.segment.shell`)
+        hu_w = ndi.gaussian_filter(hu_w, shell.SMOOTH_SIGMA_MM / sp_w).astype(np.float32)
+        thr = shell.shell_threshold(hu_w)
+        fitted, shell_fits = shell.fit_bodies(hu_w, sp_w, thr)
+        bone = bone_mask(hu_w, metal_w, thr, sp_w) | (fitted > 0)
+        del fitted
+        if hasattr(ct, "provenance"):
+            ct.provenance.warn(
+                "PLN-W-SEG-003",
+                f"noisy CT (soft-tissue noise {noise:.0f} HU > {shell.NOISY_CT_SIGMA_HU:.0f} HU): "
+                f"smoothed (sigma {shell.SMOOTH_SIGMA_MM} mm) and vertebral bodies fitted to the "
+                f"cortical shell at {thr:.0f} HU ({len(shell_fits)} fits); body surfaces are "
+                "less exact than on a standard-dose CT, check them on the figure",
+                noise_hu=round(noise, 1),
+                shell_threshold_hu=round(thr, 1),
+                n_fits=len(shell_fits),
+            )
+    else:
+        thr = cortical_threshold(hu_w)
+        bone = bone_mask(hu_w, metal_w, thr, sp_w)
     timings["bone_mask"] = time.perf_counter() - t
     if not bone.any():
         raise SegmentationError(
@@ -910,6 +934,9 @@ def segment_bone(
     timings["total"] = time.perf_counter() - t0
     info = {
         "cortical_threshold_hu": thr,
+        "noise_sigma_hu": round(noise, 1),
+        "low_contrast_shell_fit": low_contrast,
+        "shell_fits": [{k: (np.round(v, 1).tolist() if isinstance(v, list) else round(v, 1)) for k, v in f.items()} for f in shell_fits],
         "work_spacing_mm": [float(x) for x in sp_w],
         "coarse_spacing_mm": [float(x) for x in sp_c],
         "n_bodies": len(bodies),
