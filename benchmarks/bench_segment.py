@@ -6,6 +6,10 @@ screw axis error (deg) and head/tip error (mm) as median and worst, rod centre-l
 vertebral body Dice and mean surface distance, level labels correct, resections and
 fractures detected and false resections.
 
+Real CT: ``../shared/data/lumbar-ct-L2-L4`` (beside the checkout, or
+``$PLANNER_SHARED_DATA``) with anchor L4: levels found and body Dice per level against its
+subregion labels (corpus + corpus border); skipped with a message when absent.
+
 Speed: a 512x512x300 phantom CT (case example, 0.7 x 0.7 x 1.0 mm) segmented end to end,
 three runs each in a fresh process (median time and peak memory); target <= 20 s, <= 6 GB.
 For scale, the issue quotes TotalSegmentator at 40-50 minutes per CT on a CPU (not run
@@ -151,6 +155,32 @@ def speed(repeats: int) -> None:
     print(f"  vs TotalSegmentator on a CPU (40-50 min, quoted in the issue): about {2400 / med:.0f}x faster")
 
 
+def real_ct() -> None:
+    import os
+
+    from planner.io import read_volume
+    from planner.labels.registry import label_id
+    from planner.segment.bone import segment_bone
+
+    env = os.environ.get("PLANNER_SHARED_DATA")
+    root = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data") / "lumbar-ct-L2-L4"
+    if not root.exists():
+        print(f"real CT: {root} not found; skipped (it lives in ../shared/data beside the checkout)")
+        return
+    ct = read_volume(root / "sub-ct_label-22_ct.nii.gz")
+    vert = read_volume(root / "sub-ct_seg-vert_label-22_msk.nii.gz").array
+    sub = read_volume(root / "sub-ct_seg-subreg_label-22_msk.nii.gz").array
+    res = segment_bone(ct, anchor="L4")
+    dice = {}
+    for lv, vid in (("L2", 21), ("L3", 22), ("L4", 23)):
+        g = (vert == vid) & np.isin(sub, [49, 50])
+        m = res.labels == label_id(f"{lv}_body")
+        dice[lv] = 2.0 * float((g & m).sum()) / float(g.sum() + m.sum())
+    print(f"real CT lumbar-ct-L2-L4 (anchor L4): levels {res.levels} (expected ['L2', 'L3', 'L4']), "
+          f"noise {res.info['noise_sigma_hu']} HU, shell fit {res.info['low_contrast_shell_fit']}")
+    print("  body Dice " + "  ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f"  min {min(dice.values()):.3f} (target >= 0.85)")
+
+
 def main() -> int:
     from planner.phantom import PRESETS
 
@@ -160,7 +190,10 @@ def main() -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-real", action="store_true", help="skip the real CT")
     args = ap.parse_args()
+    if not args.skip_real:
+        real_ct()
     if not args.skip_accuracy:
         cols = None
         for preset in args.presets:
