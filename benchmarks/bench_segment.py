@@ -159,8 +159,8 @@ def real_ct() -> None:
     import os
 
     from planner.io import read_volume
-    from planner.labels.registry import label_id
     from planner.segment.bone import segment_bone
+    from planner.segment.evaluate import verse_body_dice
 
     env = os.environ.get("PLANNER_SHARED_DATA")
     root = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data") / "lumbar-ct-L2-L4"
@@ -171,11 +171,7 @@ def real_ct() -> None:
     vert = read_volume(root / "sub-ct_seg-vert_label-22_msk.nii.gz").array
     sub = read_volume(root / "sub-ct_seg-subreg_label-22_msk.nii.gz").array
     res = segment_bone(ct, anchor="L4")
-    dice = {}
-    for lv, vid in (("L2", 21), ("L3", 22), ("L4", 23)):
-        g = (vert == vid) & np.isin(sub, [49, 50])
-        m = res.labels == label_id(f"{lv}_body")
-        dice[lv] = 2.0 * float((g & m).sum()) / float(g.sum() + m.sum())
+    dice = verse_body_dice(res.labels, vert, sub, {"L2": 21, "L3": 22, "L4": 23})
     print(f"real CT lumbar-ct-L2-L4 (anchor L4): levels {res.levels} (expected ['L2', 'L3', 'L4']), "
           f"noise {res.info['noise_sigma_hu']} HU, shell fit {res.info['low_contrast_shell_fit']}")
     print("  body Dice " + "  ".join(f"{k} {v:.3f}" for k, v in dice.items()) + f"  min {min(dice.values()):.3f} (target >= 0.85)")

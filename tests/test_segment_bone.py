@@ -248,16 +248,13 @@ def test_sacrum_does_not_take_the_l5_arch():
 @functools.cache
 def _real_lumbar(root):
     from planner.io import read_volume
+    from planner.segment.evaluate import verse_body_dice
 
     ct = read_volume(root / "sub-ct_label-22_ct.nii.gz")
     vert = read_volume(root / "sub-ct_seg-vert_label-22_msk.nii.gz").array
     sub = read_volume(root / "sub-ct_seg-subreg_label-22_msk.nii.gz").array
     res = segment_bone(ct, anchor="L4")
-    dices = {}
-    for lv, vid in (("L2", 21), ("L3", 22), ("L4", 23)):
-        g = (vert == vid) & np.isin(sub, [49, 50])
-        s = res.labels == label_id(f"{lv}_body")
-        dices[lv] = float(2 * (g & s).sum() / (g.sum() + s.sum()))
+    dices = verse_body_dice(res.labels, vert, sub, {"L2": 21, "L3": 22, "L4": 23})
     print("\nreal lumbar CT:", res.levels, {k: round(v, 3) for k, v in dices.items()})
     return ct, res, dices
 

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from planner.segment import shell
+from planner.segment.evaluate import dice
 
 SP = np.array([1.2, 0.9, 1.6])  # anisotropic on purpose
 
@@ -59,10 +60,6 @@ def test_enclosure_counts_a_hole_as_one_direction():
     assert shell.enclosure_count(np.zeros((5, 5, 5), bool), SP, 30.0, cap_axis=2)[2, 2, 2] == 2
 
 
-def _dice(a, b):
-    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
-
-
 def test_fit_bridges_holes_in_a_noisy_shell():
     hu, truth = _bodies([(36.0, 36.0, 56.0)])
     sm = ndi.gaussian_filter(hu, shell.SMOOTH_SIGMA_MM / SP)
@@ -71,7 +68,7 @@ def test_fit_bridges_holes_in_a_noisy_shell():
     assert ndi.binary_fill_holes(sm >= thr)[truth > 0].mean() < 0.5
     lab, fits = shell.fit_bodies(sm, SP, thr)
     assert len(fits) == 1
-    assert _dice(lab > 0, truth > 0) >= 0.9
+    assert dice(lab > 0, truth > 0) >= 0.9
     centre_mm = np.asarray(fits[0]["centre_vox"]) * SP
     assert np.linalg.norm(centre_mm - [36.0, 36.0, 56.0]) < 2.0
 
@@ -83,7 +80,7 @@ def test_touching_fits_are_separated():
     lab, fits = shell.fit_bodies(sm, SP, shell.shell_threshold(sm))
     assert len(fits) == 2
     for n in (1, 2):
-        best = max(_dice(lab == k, truth == n) for k in (1, 2))
+        best = max(dice(lab == k, truth == n) for k in (1, 2))
         assert best >= 0.85
     grown = ndi.binary_dilation(lab == 1)
     assert not (grown & (lab == 2)).any()

@@ -293,13 +293,9 @@ def cortical_threshold(hu: np.ndarray) -> float:
     -------
     float
     """
-    sub = hu[::2, ::2, ::2]
-    v = sub[(sub > -100) & (sub < 150)]
-    if v.size < 1000:
+    mode = shell.soft_tissue_mode(hu)
+    if mode is None:
         return CORTICAL_HU_DEFAULT
-    hist, edges = np.histogram(v, bins=50, range=(-100, 150))
-    hist = ndi.uniform_filter1d(hist.astype(float), 3)
-    mode = float(0.5 * (edges[int(np.argmax(hist))] + edges[int(np.argmax(hist)) + 1]))
     return float(np.clip(mode + CORTICAL_ABOVE_SOFT_HU, *CORTICAL_HU_BOUNDS))
 
 
@@ -793,17 +789,16 @@ def segment_bone(
         fitted, shell_fits = shell.fit_bodies(hu_w, sp_w, thr)
         bone = bone_mask(hu_w, metal_w, thr, sp_w) | (fitted > 0)
         del fitted
-        if hasattr(ct, "provenance"):
-            ct.provenance.warn(
-                "PLN-W-SEG-003",
-                f"noisy CT (soft-tissue noise {noise:.0f} HU > {shell.NOISY_CT_SIGMA_HU:.0f} HU): "
-                f"smoothed (sigma {shell.SMOOTH_SIGMA_MM} mm) and vertebral bodies fitted to the "
-                f"cortical shell at {thr:.0f} HU ({len(shell_fits)} fits); body surfaces are "
-                "less exact than on a standard-dose CT, check them on the figure",
-                noise_hu=round(noise, 1),
-                shell_threshold_hu=round(thr, 1),
-                n_fits=len(shell_fits),
-            )
+        ct.provenance.warn(
+            "PLN-W-SEG-003",
+            f"noisy CT (soft-tissue noise {noise:.0f} HU > {shell.NOISY_CT_SIGMA_HU:.0f} HU): "
+            f"smoothed (sigma {shell.SMOOTH_SIGMA_MM} mm) and vertebral bodies fitted to the "
+            f"cortical shell at {thr:.0f} HU ({len(shell_fits)} fits); body surfaces are "
+            "less exact than on a standard-dose CT, check them on the figure",
+            noise_hu=round(noise, 1),
+            shell_threshold_hu=round(thr, 1),
+            n_fits=len(shell_fits),
+        )
     else:
         thr = cortical_threshold(hu_w)
         bone = bone_mask(hu_w, metal_w, thr, sp_w)
@@ -936,7 +931,7 @@ def segment_bone(
         "cortical_threshold_hu": thr,
         "noise_sigma_hu": round(noise, 1),
         "low_contrast_shell_fit": low_contrast,
-        "shell_fits": [{k: (np.round(v, 1).tolist() if isinstance(v, list) else round(v, 1)) for k, v in f.items()} for f in shell_fits],
+        "shell_fits": shell_fits,
         "work_spacing_mm": [float(x) for x in sp_w],
         "coarse_spacing_mm": [float(x) for x in sp_c],
         "n_bodies": len(bodies),

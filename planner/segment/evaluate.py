@@ -23,6 +23,28 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
+#: VerSe subregion ids of the vertebral body: 49 corpus border (cortex), 50 corpus.
+VERSE_BODY_SUBREGIONS: tuple[int, int] = (49, 50)
+
+
+def verse_body_dice(labels: np.ndarray, vert: np.ndarray, subreg: np.ndarray, levels: dict[str, int]) -> dict[str, float]:
+    """Body Dice per level against VerSe masks: ``vert == id`` and the corpus subregions.
+
+    Parameters
+    ----------
+    labels : ndarray
+        Registry label map on the same grid (``<L>_body``).
+    vert, subreg : ndarray
+        VerSe vertebra and subregion masks.
+    levels : dict
+        Level name -> VerSe vertebra id (``{"L2": 21, ...}``).
+    """
+    from planner.labels.registry import label_id
+
+    body = np.isin(subreg, VERSE_BODY_SUBREGIONS)
+    return {lv: dice((vert == vid) & body, labels == label_id(f"{lv}_body")) for lv, vid in levels.items()}
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 

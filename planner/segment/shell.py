@@ -112,16 +112,24 @@ def noise_sigma(hu: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
 
 
-def shell_threshold(sm: np.ndarray) -> float:
-    """Smoothed soft-tissue mode (histogram peak in -100..150 HU) + :data:`SHELL_ABOVE_SOFT_HU`."""
-    sub = sm[::2, ::2, ::2]
+def soft_tissue_mode(hu: np.ndarray) -> float | None:
+    """Soft-tissue mode (HU): histogram peak between -100 and 150 HU (muscle, organs,
+    discs) of every second voxel, or None when fewer than 1000 voxels lie there."""
+    sub = hu[::2, ::2, ::2]
     v = sub[(sub > -100) & (sub < 150)]
     if v.size < 1000:
-        return 50.0 + SHELL_ABOVE_SOFT_HU
+        return None
     hist, edges = np.histogram(v, bins=50, range=(-100, 150))
     hist = ndi.uniform_filter1d(hist.astype(float), 3)
     k = int(np.argmax(hist))
-    return float(0.5 * (edges[k] + edges[k + 1]) + SHELL_ABOVE_SOFT_HU)
+    return float(0.5 * (edges[k] + edges[k + 1]))
+
+
+def shell_threshold(sm: np.ndarray) -> float:
+    """Smoothed soft-tissue mode (:func:`soft_tissue_mode`, 50 HU when there is none) +
+    :data:`SHELL_ABOVE_SOFT_HU`."""
+    mode = soft_tissue_mode(sm)
+    return (50.0 if mode is None else mode) + SHELL_ABOVE_SOFT_HU
 
 
 def enclosure_count(hard: np.ndarray, spacing, reach_mm: float, cap_axis: int | None = 2) -> np.ndarray:
@@ -221,7 +229,8 @@ def fit_bodies(sm: np.ndarray, spacing, threshold: float) -> tuple[np.ndarray, l
     labels : (ni, nj, nk) int32 ndarray
         Fit ids 1..n (0 elsewhere), largest seed first, touching fits separated.
     fits : list of dict
-        ``{"centre_vox", "volume_mm3", "median_radius_mm", "seed_mm3"}`` per accepted fit.
+        ``{"centre_vox", "volume_mm3", "median_radius_mm", "seed_mm3"}`` per accepted fit
+        (rounded to 0.1, JSON-ready).
     """
     sp = np.asarray(spacing, float)
     hard = sm >= threshold
@@ -252,8 +261,8 @@ def fit_bodies(sm: np.ndarray, spacing, threshold: float) -> tuple[np.ndarray, l
             continue
         n = len(fits) + 1
         out[sel] = np.where(out[sel] == 0, n, out[sel])
-        fits.append({"centre_vox": cen.tolist(), "volume_mm3": float(len(vox) * np.prod(sp)),
-                     "median_radius_mm": float(np.median(radii)), "seed_mm3": float(vol[i])})
+        fits.append({"centre_vox": np.round(cen, 1).tolist(), "volume_mm3": round(float(len(vox) * np.prod(sp)), 1),
+                     "median_radius_mm": round(float(np.median(radii)), 1), "seed_mm3": round(float(vol[i]), 1)})
     for _ in range(SEPARATION_VOXELS):
         hi = ndi.maximum_filter(out, 3)
         lo = ndi.minimum_filter(np.where(out > 0, out, np.iinfo(np.int32).max), 3)
