@@ -66,8 +66,9 @@ def test_fit_bridges_holes_in_a_noisy_shell():
     thr = shell.shell_threshold(sm)
     # a threshold alone leaves the shell open: its 3-D fill stays empty
     assert ndi.binary_fill_holes(sm >= thr)[truth > 0].mean() < 0.5
-    lab, fits = shell.fit_bodies(sm, SP, thr)
+    lab, fits, gap = shell.fit_bodies(sm, SP, thr)
     assert len(fits) == 1
+    assert not gap.any()  # one body: nothing lies between two
     assert dice(lab > 0, truth > 0) >= 0.9
     centre_mm = np.asarray(fits[0]["centre_vox"]) * SP
     assert np.linalg.norm(centre_mm - [36.0, 36.0, 56.0]) < 2.0
@@ -77,10 +78,57 @@ def test_touching_fits_are_separated():
     # two bodies 6 mm apart cranio-caudally (a thin disc): two fits with a gap between them
     hu, truth = _bodies([(36.0, 36.0, 26.0), (36.0, 36.0, 54.0)], axes_mm=(20.0, 15.0, 11.0), shape=(60, 80, 52))
     sm = ndi.gaussian_filter(hu, shell.SMOOTH_SIGMA_MM / SP)
-    lab, fits = shell.fit_bodies(sm, SP, shell.shell_threshold(sm))
+    lab, fits, gap = shell.fit_bodies(sm, SP, shell.shell_threshold(sm))
     assert len(fits) == 2
     for n in (1, 2):
         best = max(dice(lab == k, truth == n) for k in (1, 2))
         assert best >= 0.85
     grown = ndi.binary_dilation(lab == 1)
     assert not (grown & (lab == 2)).any()
+    # the disc between them is marked as a gap: between the bodies' end plates (z 37-43 mm)
+    # on the central column, nowhere beside the bodies
+    z = np.arange(lab.shape[2]) * SP[2]
+    col = gap[30, 40]
+    assert col[(z > 38.0) & (z < 42.0)].all()
+    assert not col[(z < 20.0) | (z > 60.0)].any()
+    assert not gap[:5].any() and not gap[-5:].any()
+
+
+def test_edges_beat_bright_cancellous_bone():
+    # a bright cancellous core reaching out to 11 mm (150 HU after smoothing: above the shell
+    # threshold) inside a 20 x 15 x 11 mm body: the first crossing stops at its edge, the
+    # refinement takes the stronger cortex beyond
+    hu, truth = _bodies([(36.0, 36.0, 56.0)], axes_mm=(20.0, 15.0, 14.0), holes=False, seed=3)
+    x = _grid(hu.shape)
+    core = np.linalg.norm((x - [36.0, 36.0, 56.0]) / [16.0, 11.0, 10.0], axis=-1) <= 1.0
+    core &= x[..., 0] > 36.0  # on the left half only
+    hu[core] += 110.0
+    sm = ndi.gaussian_filter(hu, shell.SMOOTH_SIGMA_MM / SP)
+    thr = shell.shell_threshold(sm)
+    cen = np.array([36.0, 36.0, 56.0]) / SP
+    rays = shell._Rays()
+    prof, out_img = shell._profiles(sm, cen, SP, rays)
+    first = shell._first_crossing_radii(prof, out_img, thr, rays)
+    radii, support = shell.star_radii(sm, cen, SP, thr, rays)
+    # true radius along each ray (ellipsoid 20 x 15 x 14 mm)
+    true_r = 1.0 / np.sqrt(((rays.dirs / [20.0, 15.0, 14.0]) ** 2).sum(1))
+    left = rays.dirs[:, 0] > 0.5
+    assert np.median(np.abs(first[left] - true_r[left])) > 2.0  # stopped at the core
+    assert np.median(np.abs(radii - true_r)) < 1.0
+    assert 0.0 < support <= 1.0
+
+
+def test_fits_become_bodies_cranial_first_without_shadowed_or_off_column_ones():
+    from planner.segment.bone import _bodies_of_fits
+
+    sp = np.array([2.0, 2.0, 2.0])
+    fit = np.zeros((60, 60, 60), np.int32)
+    fit[20:40, 10:25, 5:20] = 1  # lower body
+    fit[20:40, 10:25, 25:40] = 2  # upper body
+    fit[26:34, 35:42, 25:40] = 3  # behind the upper body (24-64 mm back): a canal segment
+    fit[50:58, 10:20, 45:55] = 4  # 40 mm to the side: off the column
+    pieces, bodies, edt = _bodies_of_fits(fit, fit > 0, sp, None)
+    assert [b["pieces"] for b in bodies] == [[2], [1]]  # cranial (larger z) first
+    assert set(np.unique(pieces)) == {0, 1, 2}
+    assert bodies[0]["zmin"] == 50.0 and bodies[0]["zmax"] == 80.0
+    assert edt.shape == fit.shape and bodies[0]["half_thickness"] > 0

@@ -43,7 +43,7 @@ from scipy import ndimage as ndi
 
 from planner.labels.registry import label_id
 from planner.segment import shell
-from planner.segment.levels import SegmentationError
+from planner.segment.levels import PART_CODES, SegmentationError
 from planner.segment.morph import (
     bbox,
     dilate_box,
@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 #: Work grid spacing limit (mm): finer scans are resampled to this for speed (a 512x512x300
 #: CT at 0.7 mm becomes ~27 M voxels).  1 mm keeps the body Dice above 0.95 on phantoms. [U]
 WORK_SPACING_MM: float = 1.0
+
+#: A vertebra whose split body lies at least this fraction inside a shell fit takes the
+#: fit as its body (:func:`_bodies_from_fits`). [U]
+FIT_BODY_FRACTION: float = 0.5
 
 #: Grid for vertebra separation (mm): the watershed does not need fine detail and runs
 #: ~8x faster at 2 mm than at 1 mm. [U]
@@ -260,6 +264,14 @@ def _block_any(mask: np.ndarray, f: tuple[int, int, int], frac: float = 0.5) -> 
     for s, k in zip(m.shape, f):
         sh += [s // k, k]
     return m.reshape(sh).mean(axis=(1, 3, 5)) > frac
+
+
+def _block_mode(lab: np.ndarray, f: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """Down-sample a label map by integer factors ``f`` to ``shape`` (as :func:`_block_any`):
+    each block takes its centre voxel's label."""
+    out = lab[tuple(slice(k // 2, None, k) for k in f)]
+    pads = [(0, max(0, n - s)) for s, n in zip(out.shape, shape)]
+    return np.pad(out, pads)[tuple(slice(0, n) for n in shape)]
 
 
 def _upsample_labels(lab: np.ndarray, f: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -481,6 +493,42 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float) -> np.nd
 
 
 # ----------------------------------------------------------------------------- vertebrae
+def _unshadowed(ids: list[int], pos: dict, zr: dict, vol: dict) -> list[int]:
+    """Body candidates that are not posterior elements: a candidate with another one
+    :data:`SHADOW_AP_MM` in front of it, within :data:`SHADOW_LR_MM` left-right, over 30 %
+    of its height and at least half its volume is "shadowed" (the body is the most anterior
+    bone of the spine).  ``pos`` (mm, canonical), ``zr`` (z range, mm) and ``vol`` by id."""
+    out = []
+    for i in ids:
+        shadowed = False
+        for j in ids:
+            if j == i:
+                continue
+            dy = pos[i][1] - pos[j][1]  # > 0: j is anterior of i
+            ov = min(zr[i][1], zr[j][1]) - max(zr[i][0], zr[j][0])
+            if (
+                SHADOW_AP_MM[0] < dy < SHADOW_AP_MM[1]
+                and abs(pos[i][0] - pos[j][0]) < SHADOW_LR_MM
+                and ov > 0.3 * (zr[i][1] - zr[i][0])
+                and vol[j] > 0.5 * vol[i]
+            ):
+                shadowed = True
+                break
+        if not shadowed:
+            out.append(i)
+    return out
+
+
+def _on_column(ids: list[int], pos: dict, vol: dict) -> list[int]:
+    """Candidates within 30 mm left-right of the volume-weighted median position."""
+    if not ids:
+        return ids
+    xs = np.array([pos[i][0] for i in ids])
+    w = np.array([vol[i] for i in ids])
+    x0 = float(np.median(np.repeat(xs, np.maximum(1, (w / w.min()).astype(int)))))
+    return [i for i, x in zip(ids, xs) if abs(x - x0) < 30.0]
+
+
 def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | None = None) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """Split the coarse bone mask into watershed pieces and pick vertebral bodies.
 
@@ -532,37 +580,14 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
     # Positions and heights are the cores': with whole pieces a sacrum whose piece reaches
     # up behind L5 (its posterior elements) was shadowed by L5 once streaks moved the
     # piece boundaries by a few voxels.
-    bodies = []
-    for i in cand:
-        ci = info[i]
-        pi, zi = ci.get("core", ci["c"]), ci.get("core_z", ci["z"])
-        shadowed = False
-        for j in cand:
-            if j == i:
-                continue
-            cj = info[j]
-            pj, zj = cj.get("core", cj["c"]), cj.get("core_z", cj["z"])
-            dy = pi[1] - pj[1]  # > 0: j is anterior of i
-            ov = min(zi[1], zj[1]) - max(zi[0], zj[0])
-            if (
-                SHADOW_AP_MM[0] < dy < SHADOW_AP_MM[1]
-                and abs(pi[0] - pj[0]) < SHADOW_LR_MM
-                and ov > 0.3 * (zi[1] - zi[0])
-                and cj["v"] > 0.5 * ci["v"]
-            ):
-                shadowed = True
-                break
-        if not shadowed:
-            bodies.append(i)
+    pos = {i: info[i].get("core", info[i]["c"]) for i in cand}
+    zr_core = {i: info[i].get("core_z", info[i]["z"]) for i in cand}
+    bodies = _unshadowed(cand, pos, zr_core, {i: info[i]["v"] for i in cand})
     # keep the column: drop candidates off the line through their neighbours (rib heads,
     # transverse processes, posterior elements whose body is outside the field of view)
     # (by the cores' positions: a body whose piece swallowed a rib has its centroid pulled
     # 30-40 mm aside -- T6 of midthoracic_costovertebral under streaks -- its core stays)
-    if bodies:
-        xs = np.array([info[i].get("core", info[i]["c"])[0] for i in bodies])
-        w = np.array([info[i]["v"] for i in bodies])
-        x0 = float(np.median(np.repeat(xs, np.maximum(1, (w / w.min()).astype(int)))))
-        bodies = [i for i, x in zip(bodies, xs) if abs(x - x0) < 30.0]
+    bodies = _on_column(bodies, pos, {i: info[i]["v"] for i in cand})
 
     def same_bone(i: int, j: int) -> bool:
         # two pieces of one bone touch with a thick saddle (two bodies are separated by a
@@ -615,6 +640,36 @@ def _find_bodies(bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | Non
         )
     out.sort(key=lambda b: -b["centroid"][2])
     return pieces, out, edt
+
+
+def _bodies_of_fits(fit_c: np.ndarray, bone_c: np.ndarray, sp_c: np.ndarray, metal_c: np.ndarray | None) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """The bodies of the shell-fit path, in :func:`_find_bodies`' format: one body (and one
+    piece) per shell fit (``fit_c``, ids 1..n on the coarse grid), minus fits off the column
+    or shadowed by a fit in front of them (an enclosed canal segment near the image's face),
+    sorted cranial to caudal."""
+    solid = bone_c & ~metal_c if metal_c is not None else bone_c
+    edt = _depth(solid, sp_c)
+    ids = [int(i) for i in np.unique(fit_c) if i > 0]
+    if not ids:
+        return fit_c.astype(np.int32), [], edt
+    vox = float(np.prod(sp_c))
+    objs = ndi.find_objects(fit_c)
+    info = {}
+    for i, c in zip(ids, ndi.center_of_mass(np.ones(fit_c.shape), fit_c, ids)):
+        zs = objs[i - 1][2]
+        z = (zs.start * sp_c[2], zs.stop * sp_c[2])
+        info[i] = {"c": np.asarray(c) * sp_c, "z": z, "v": float((fit_c == i).sum()) * vox,
+                   "e": float(edt[fit_c == i].max())}
+    pos = {i: info[i]["c"] for i in ids}
+    vol = {i: info[i]["v"] for i in ids}
+    keep = _on_column(_unshadowed(ids, pos, {i: info[i]["z"] for i in ids}, vol), pos, vol)
+    bodies = [
+        {"pieces": [i], "centroid": info[i]["c"], "zmin": info[i]["z"][0], "zmax": info[i]["z"][1],
+         "volume": info[i]["v"], "half_thickness": info[i]["e"], "core_z_mm": info[i]["z"]}
+        for i in keep
+    ]
+    bodies.sort(key=lambda b: -b["centroid"][2])
+    return np.where(np.isin(fit_c, keep), fit_c, 0).astype(np.int32), bodies, edt
 
 
 def _column_chain(ids: list[int], info: dict[int, dict], same_bone: Any = None) -> list[list[int]]:
@@ -712,6 +767,27 @@ def _assign_vertebrae(bone_c: np.ndarray, metal_c: np.ndarray, body_c: np.ndarra
 
 
 # ----------------------------------------------------------------------------- main entry
+def _bodies_from_fits(parts: np.ndarray, fitted: np.ndarray) -> None:
+    """On the shell-fit path the fits are the bodies: where most of a vertebra's split body
+    lies inside a fit, its body voxels outside the fits become posterior elements (the
+    split's posterior wall is unreliable on a noisy CT: pedicle bases, articular processes)
+    and its posterior-element voxels inside the fits become body.  In place."""
+    n_of = parts // 16
+    code = parts % 16
+    is_body = (parts > 0) & (code == PART_CODES["body"])
+    n = int(n_of.max()) + 1
+    tot = np.bincount(n_of[is_body], minlength=n)
+    inside = np.bincount(n_of[is_body & fitted], minlength=n)
+    fitted_vert = inside >= FIT_BODY_FRACTION * np.maximum(tot, 1)
+    fitted_vert[0] = False
+    of_fitted = fitted_vert[n_of]
+    post = PART_CODES["posterior"]
+    move_out = is_body & ~fitted & of_fitted
+    parts[move_out] = 16 * n_of[move_out] + post
+    move_in = (parts > 0) & (code == post) & fitted & of_fitted
+    parts[move_in] = 16 * n_of[move_in] + PART_CODES["body"]
+
+
 def segment_bone(
     ct: Volume,
     *,
@@ -781,14 +857,16 @@ def segment_bone(
     noise = shell.noise_sigma(hu_w)
     low_contrast = noise > shell.NOISY_CT_SIGMA_HU
     shell_fits: list[dict] = []
+    fitted_mask = fitted = None
     if low_contrast:
         # noisy CT: the thresholded cortex is full of holes and no hole fill closes it; the
         # bodies are star-shaped fits to the smoothed shell (:mod:`planner.segment.shell`)
         hu_w = ndi.gaussian_filter(hu_w, shell.SMOOTH_SIGMA_MM / sp_w).astype(np.float32)
         thr = shell.shell_threshold(hu_w)
-        fitted, shell_fits = shell.fit_bodies(hu_w, sp_w, thr)
-        bone = bone_mask(hu_w, metal_w, thr, sp_w) | (fitted > 0)
-        del fitted
+        fitted, shell_fits, gap = shell.fit_bodies(hu_w, sp_w, thr)
+        fitted_mask = fitted > 0
+        bone = (bone_mask(hu_w, metal_w, thr, sp_w) & ~gap) | fitted_mask
+        del gap
         ct.provenance.warn(
             "PLN-W-SEG-003",
             f"noisy CT (soft-tissue noise {noise:.0f} HU > {shell.NOISY_CT_SIGMA_HU:.0f} HU): "
@@ -824,7 +902,13 @@ def segment_bone(
     sp_c = sp_w * np.array(f)
     bone_c = _block_any(bone_k, f, 0.35)
     metal_c = _block_any(metal_k, f, 0.2)
-    pieces, bodies, edt_c = _find_bodies(bone_c, sp_c, metal_c)
+    if fitted is not None and fitted.any():
+        # the fits are the bodies (the watershed's thick pieces merge across bridged discs
+        # and split a fit into several on this noisy bone mask)
+        pieces, bodies, edt_c = _bodies_of_fits(_block_mode(fitted[sl], f, bone_c.shape), bone_c, sp_c, metal_c)
+    else:
+        pieces, bodies, edt_c = _find_bodies(bone_c, sp_c, metal_c)
+    del fitted
     timings["separate"] = time.perf_counter() - t
     if not bodies:
         raise SegmentationError(
@@ -870,6 +954,8 @@ def segment_bone(
     frames = lv.vertebra_frames(vert, body_seed, len(bodies), sp_w, edt_w)
     del edt_w
     parts_k, part_info = lv.split_parts(vert, body_seed, frames, bone_k, hu_k, metal_k, sp_w)
+    if fitted_mask is not None:
+        _bodies_from_fits(parts_k, fitted_mask[sl])
     timings["parts"] = time.perf_counter() - t
 
     # ---- level names
@@ -891,7 +977,12 @@ def segment_bone(
     del named
     lab_k[metal_k] = 0  # metal keeps its own (hardware) labels
     # surface voxels whose centre lies outside the bone (half contrast) are not bone
-    lab_k[surface_outside(bone_k | metal_k, hu_k, thr) & ~metal_k] = 0
+    # (a shell fit's surface is its edge already: its voxels stay)
+    outside = surface_outside(bone_k | metal_k, hu_k, thr) & ~metal_k
+    if fitted_mask is not None:
+        outside &= ~fitted_mask[sl]
+    lab_k[outside] = 0
+    del outside
     lab_w = np.zeros(bone.shape, np.uint16)
     lab_w[sl] = lab_k
     if resampled:
