@@ -141,12 +141,8 @@ def test_levels_without_anchor_thoracic_only_asks_for_anchor():
 
 
 _DICE_MEASURED = {
-    "case_example": "min 0.866 (S1: the sacral alae's roots inside the body outline; S1's ground-truth "
-    "body is also cut by the image border), T11-L5 0.954-0.980; MSD 0.17-0.43 mm, S1 1.04 mm",
-    "midthoracic_costovertebral": "min 0.923 (T4, rib heads inside the body outline), T5 0.934, T3 0.941, "
-    "T6-T9 0.958-0.979; MSD 0.15-0.66 mm",
-    "osteoporotic_no_hardware": "min 0.943 (T11, rib heads and pedicle roots), T12 0.946, L2 0.947, L1/L3 0.962-0.968; "
-    "MSD 0.27-0.66 mm",
+    "case_example": "min 0.867 (S1: the sacral alae's roots inside the body outline; S1's ground-truth "
+    "body is also cut by the image border), T11-L5 0.960-0.981; MSD 0.17-0.31 mm, S1 1.03 mm",
 }
 
 
@@ -429,6 +425,27 @@ def test_lateral_outline_caps_a_bridged_rib_head():
     at = np.interp([0.0, 6.0], c, hw)
     assert 19.0 <= at[0] <= 22.0
     assert at[1] < 23.0  # the row through the head is capped near the body's outline
+
+
+def test_lateral_outline_behind_the_centre_mirrors_the_front():
+    from planner.segment.levels import OUTLINE_MIRROR_SLACK_MM, _lateral_outline
+
+    g = np.mgrid[-30:31, -15:16].reshape(2, -1).astype(float)
+    u, v = g
+    body = (np.abs(u) / 15.0) ** 2.2 + (np.abs(v) / 11.0) ** 2.2 <= 1.0
+    # a rib head joined to the body along its whole posterior half, the central row too
+    # (the bump cap alone lets it through: it widens from the centre outward)
+    head = (u > 0) & (u <= 24.0) & (v >= -0.5) & (v <= 8.0)
+    sel = body | head
+    c, hw = _lateral_outline(u[sel], v[sel], 1.0, 1.0, 1.0)
+    front = np.interp([-6.0, -2.0], c, hw)
+    back = np.interp([0.0, 2.0, 6.0], c, hw)
+    assert 14.0 <= front[1] <= 17.0
+    assert back[0] <= front[1] + OUTLINE_MIRROR_SLACK_MM + 1.0
+    assert back[2] <= front[0] + OUTLINE_MIRROR_SLACK_MM + 1.0 < 20.0
+    # without the head the back rows keep the body's own outline
+    c0, hw0 = _lateral_outline(u[body], v[body], 1.0, 1.0, 1.0)
+    np.testing.assert_allclose(np.interp([2.0, 6.0], c0, hw0), np.interp([-2.0, -6.0], c0, hw0), atol=1.0)
 
 
 def test_thin_disc_is_not_bridged_by_the_fill():
