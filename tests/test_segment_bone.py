@@ -448,6 +448,20 @@ def test_lateral_outline_behind_the_centre_mirrors_the_front():
     np.testing.assert_allclose(np.interp([2.0, 6.0], c0, hw0), np.interp([-2.0, -6.0], c0, hw0), atol=1.0)
 
 
+def test_column_extent_looks_past_a_hole_in_the_cancellous_bone():
+    from planner.segment.levels import _column_extent
+
+    g = np.mgrid[-15:16, -12:13, -12:13].reshape(3, -1).astype(float)
+    u, v, w = g
+    body = (np.abs(w) <= 10.0) & ((u / 15.0) ** 2 + (v / 12.0) ** 2 <= 1.0)
+    up, dn = _column_extent(u[body], v[body], w[body], 1.0)
+    assert 10.0 <= up <= 11.5 and 10.0 <= dn <= 11.5
+    # a hole from 3 to 8 mm below the centre, 5 mm across: the central column stops at it
+    hole = body & (np.hypot(u, v) < 5.0) & (w <= -3.0) & (w >= -8.0)
+    up, dn = _column_extent(u[body & ~hole], v[body & ~hole], w[body & ~hole], 1.0)
+    assert 10.0 <= up <= 11.5 and 10.0 <= dn <= 11.5
+
+
 def test_thin_disc_is_not_bridged_by_the_fill():
     """Two bodies 2 voxels apart along the column axis (a 3 mm disc at 1.5 mm voxels) stay
     apart; a tall region that only the full thickening fills is kept."""

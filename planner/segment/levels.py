@@ -506,6 +506,47 @@ def _lateral_roots(
     return out
 
 
+#: A central column whose extent up or down is below this fraction of the median over a
+#: 3 x 3 grid of thin columns this far apart (mm) runs into a hole in the cancellous bone
+#: (osteoporotic_no_hardware L3 at 1.5 mm: its lower 5 voxels unfilled, the end plate
+#: below them taken for posterior elements); the grid's median is used there
+#: (:func:`_column_extent`). [U]
+COLUMN_HOLE_FRACTION: float = 0.75
+COLUMN_GRID_MM: float = 6.0
+COLUMN_HALF_WIDTH_MM: float = 2.0
+
+
+def _column_extent(u: np.ndarray, v: np.ndarray, w: np.ndarray, step: float) -> tuple[float | None, float | None]:
+    """Body extent (mm) above and below the centre along w from the vertebra's voxels
+    ``(u, v, w)``: the first empty bin (:func:`_first_gap`) up and down the central column
+    (half width :data:`MIDLINE_HALF_WIDTH_MM`).  Where that is less than
+    :data:`COLUMN_HOLE_FRACTION` of the median over a 3 x 3 grid of thin columns
+    (:data:`COLUMN_GRID_MM` apart, half width :data:`COLUMN_HALF_WIDTH_MM`) the central
+    column runs into a hole in the cancellous bone and the grid's median is used.  None
+    when no column reaches the centre."""
+    col = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(v) < MIDLINE_HALF_WIDTH_MM)
+    up = _first_gap(w[col], 0.0, step) if col.any() else None
+    dn = _first_gap(-w[col], 0.0, step) if col.any() else None
+    ups, dns = [], []
+    for cu in (-COLUMN_GRID_MM, 0.0, COLUMN_GRID_MM):
+        for cv in (-COLUMN_GRID_MM, 0.0, COLUMN_GRID_MM):
+            sel = (np.abs(u - cu) < COLUMN_HALF_WIDTH_MM) & (np.abs(v - cv) < COLUMN_HALF_WIDTH_MM)
+            if not sel.any():
+                continue
+            a, b = _first_gap(w[sel], 0.0, step), _first_gap(-w[sel], 0.0, step)
+            if a is None or b is None or a + b <= 2 * step:
+                continue  # no bone at the centre height in this column
+            ups.append(a)
+            dns.append(b)
+    if ups:
+        gu, gd = float(np.median(ups)), float(np.median(dns))
+        if up is None or up < COLUMN_HOLE_FRACTION * gu:
+            up = gu
+        if dn is None or dn < COLUMN_HOLE_FRACTION * gd:
+            dn = gd
+    return up, dn
+
+
 def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 60.0) -> float | None:
     """First empty bin (width ``step`` mm) of ``vals`` going from ``start`` upward (None if
     none before ``stop``)."""
@@ -571,13 +612,11 @@ def split_parts(
         if seed.sum() < 10:
             seed = np.abs(u) < 15
         # body extent from the bone around the centre (not from the seed, which may hold
-        # rib or process bone): first gaps up/down the central column and left/right along
-        # the central row
-        col = (np.abs(u) < MIDLINE_HALF_WIDTH_MM) & (np.abs(v) < MIDLINE_HALF_WIDTH_MM)
+        # rib or process bone): first gaps up/down the central column, unless it runs into
+        # a hole (:func:`_column_extent`), and left/right along the central row
         # bins at least as wide as the voxels seen along each axis (coarse scans)
         st_u, st_v, st_w = (_bin_step(fr["R"][:, k], sp) for k in range(3))
-        up = _first_gap(w[col], 0.0, st_w) if col.any() else None
-        dn = _first_gap(-w[col], 0.0, st_w) if col.any() else None
+        up, dn = _column_extent(u, v, w, st_w)
         hh_seed = float(np.percentile(np.abs(w[seed]), 99))
         up = hh_seed if up is None else up
         dn = hh_seed if dn is None else dn
