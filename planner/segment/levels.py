@@ -1045,6 +1045,15 @@ JOINT_KEPT_FRACTION: float = 0.6
 #: neighbouring levels) counts as missing bone. [U]
 MISSING_FRACTION: float = 0.45
 
+#: Bilateral facetectomy: the two joints of a level together below this fraction of the
+#: neighbouring levels' joints together, neither above BILATERAL_SIDE_MAX of its own
+#: neighbours.  Measured on the phantoms (joint / neighbours' median): resected joints
+#: 0.32-0.50 (t11_l3_laminectomy T12-L1 both sides 0.41-0.50, which a side alone misses
+#: at 0.45), intact ones >= 0.47 only on one side beside a resected level (midthoracic T6
+#: left: vertebrectomy, rib head, laminectomy) with the other side >= 0.65. [U]
+BILATERAL_FRACTION: float = 0.5
+BILATERAL_SIDE_MAX: float = 0.6
+
 
 def detect_resections(info: list[dict], names: list[str | None]) -> list[dict]:
     """Resections by comparing each level with its neighbours and its other side.
@@ -1089,12 +1098,21 @@ def detect_resections(info: list[dict], names: list[str | None]) -> list[dict]:
         # facetectomy at the joint below this level: inferior process of i + superior of i+1
         if i + 1 < n and names[i + 1] is not None and "facet_sup_left_mm3" in info[i + 1]:
             joint = {s: rec[f"facet_inf_{s}_mm3"] + info[i + 1][f"facet_sup_{s}_mm3"] for s in ("left", "right")}
-            for s, o in (("left", "right"), ("right", "left")):
+            nrefs: dict[str, float | None] = {}
+            for s in ("left", "right"):
                 refs = []
                 for j in (i - 1, i + 1):
                     if 0 <= j and j + 1 < n and "facet_inf_left_mm3" in info[j] and "facet_sup_left_mm3" in info[j + 1] and names[j + 1] != "S1":
                         refs.append(info[j][f"facet_inf_{s}_mm3"] + info[j + 1][f"facet_sup_{s}_mm3"])
-                nref = float(np.median(refs)) if refs else None
+                nrefs[s] = float(np.median(refs)) if refs else None
+            # both joints low together (a bilateral facetectomy): their sum against the
+            # neighbours' sums, which averages the two sides' noise
+            both = all(x is not None and x > 200 for x in nrefs.values()) and (
+                joint["left"] + joint["right"] < BILATERAL_FRACTION * (nrefs["left"] + nrefs["right"])
+                and max(joint[s] / nrefs[s] for s in ("left", "right")) < BILATERAL_SIDE_MAX
+            )
+            for s, o in (("left", "right"), ("right", "left")):
+                nref = nrefs[s]
                 # low against the other side: the two processes, or any bone in the joint's
                 # region whichever vertebra it was assigned to (how the processes of the
                 # two sides were split between the vertebrae then does not matter)
@@ -1108,7 +1126,7 @@ def detect_resections(info: list[dict], names: list[str | None]) -> list[dict]:
                 # (case_example L4/L5 right: the sacrum's flood took L5's processes)
                 any_ref = [info[j][f"joint_any_{s}_mm3"] for j in (i - 1, i + 1) if 0 <= j < n and f"joint_any_{s}_mm3" in info[j] and names[j] not in (None, "S1")]
                 kept = bool(any_ref) and rec.get(f"joint_any_{s}_mm3", 0.0) >= JOINT_KEPT_FRACTION * float(np.median(any_ref))
-                if low_nb and (low_side or joint[o] < MISSING_FRACTION * nref) and not kept:
+                if ((low_nb and (low_side or joint[o] < MISSING_FRACTION * nref)) or both) and not kept:
                     out.append({"level": name, "kind": "facetectomy", "side": s,
                                 "confidence": round(float(1.0 - joint[s] / nref), 2)})
         # vertebrectomy (partial): one posterior half of the body much smaller than the other
