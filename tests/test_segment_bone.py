@@ -500,3 +500,16 @@ def test_bilateral_facetectomy_from_both_joints_together():
     # one side clearly resected: that side only
     assert facets(detect_resections(_joint_levels({1: (0.3, 1.0)}), names)) == [("T12", "left")]
     assert facets(detect_resections(_joint_levels({}), names)) == []
+
+
+def test_pedicle_axis_slopes_and_the_cranial_floor():
+    from planner.segment.levels import _pedicle_axis
+
+    g = np.mgrid[0:30, 0:12, 0:24].reshape(3, -1).astype(float) * 0.5  # u, v (behind the wall), w
+    u, v, w = g
+    for su_true, sw_true, want_sw in ((0.3, 0.2, 0.2), (-0.2, -0.3, 0.0)):
+        # an elliptic tube 3 x 4 mm about the axis u = 7 + su v, w = 6 + sw v
+        sel = ((u - 7.0 - su_true * v) / 3.0) ** 2 + ((w - 6.0 - sw_true * v) / 4.0) ** 2 <= 1.0
+        su, sw = _pedicle_axis(u, v, w, sel, 0.5)
+        assert abs(su - su_true) < 0.05
+        assert abs(sw - want_sw) < 0.05  # an axis rising towards the body is an error: floored
