@@ -771,7 +771,10 @@ def _bodies_from_fits(parts: np.ndarray, fitted: np.ndarray) -> None:
     """On the shell-fit path the fits are the bodies: where most of a vertebra's split body
     lies inside a fit, its body voxels outside the fits become posterior elements (the
     split's posterior wall is unreliable on a noisy CT: pedicle bases, articular processes)
-    and its posterior-element voxels inside the fits become body.  In place."""
+    and its posterior-element and pedicle-root voxels inside the fits become body (the
+    fit's surface is the cortex, which the pedicles join outside it; lumbar-ct-L2-L4 L2-L4
+    body Dice 0.878 / 0.923 / 0.864 with the roots as body, 0.876 / 0.913 / 0.858
+    without).  In place."""
     n_of = parts // 16
     code = parts % 16
     is_body = (parts > 0) & (code == PART_CODES["body"])
@@ -784,7 +787,8 @@ def _bodies_from_fits(parts: np.ndarray, fitted: np.ndarray) -> None:
     post = PART_CODES["posterior"]
     move_out = is_body & ~fitted & of_fitted
     parts[move_out] = 16 * n_of[move_out] + post
-    move_in = (parts > 0) & (code == post) & fitted & of_fitted
+    inner = np.isin(code, [post, PART_CODES["pedicle_left"], PART_CODES["pedicle_right"]])
+    move_in = (parts > 0) & inner & fitted & of_fitted
     parts[move_in] = 16 * n_of[move_in] + PART_CODES["body"]
 
 

@@ -266,6 +266,13 @@ PEDICLE_MAX_SLOPE: tuple[float, float] = (0.70, 0.47)
 #: +0.11 true; its body Dice 0.957 -> 0.972 with the floor). [U]
 PEDICLE_MIN_SAGITTAL_SLOPE: float = 0.0
 
+#: Smallest transverse slope |du/dv| outward: pedicles converge towards the body (published
+#: transverse angles T1-S1 are all medial, 5-42 deg; the morphometry table of the
+#: phantoms), i.e. going back each runs laterally.  The fit's sign was wrong on
+#: midthoracic_costovertebral T3 with streaks (-0.26 / +0.27 for +0.40 / -0.30 true) and
+#: its roots missed the body's corners. [U]
+PEDICLE_MIN_DIVERGENCE_SLOPE: float = 0.0
+
 #: ... and roots start this fraction of the wall's depth behind the body centre (the
 #: pedicle's cortex reaches about half way into the body). [U]
 PEDICLE_ROOT_START: float = 0.4
@@ -390,7 +397,7 @@ def _extruded_depth(a: np.ndarray, b: np.ndarray, slab: np.ndarray, body: np.nda
     return d[np.round((a[body] - lo[0]) / step).astype(int), np.round((b[body] - lo[1]) / step).astype(int)]
 
 
-def _pedicle_axis(u: np.ndarray, v: np.ndarray, w: np.ndarray, sel: np.ndarray, step: float) -> tuple[float, float]:
+def _pedicle_axis(u: np.ndarray, v: np.ndarray, w: np.ndarray, sel: np.ndarray, step: float, side: float = 0.0) -> tuple[float, float]:
     """Slopes ``(du/dv, dw/dv)`` of a pedicle's axis from the centroids of its cross-sections
     (bins of ``step`` mm along v) of the voxels ``sel`` behind the wall; 0 when too few bins.
 
@@ -398,7 +405,8 @@ def _pedicle_axis(u: np.ndarray, v: np.ndarray, w: np.ndarray, sel: np.ndarray, 
     lumbar) and tilt in the sagittal plane: an extrusion straight along v puts the root of
     a converging pedicle several mm lateral of where it meets the body.  Slopes are clipped
     to :data:`PEDICLE_MAX_SLOPE`, the sagittal one from below at
-    :data:`PEDICLE_MIN_SAGITTAL_SLOPE`.
+    :data:`PEDICLE_MIN_SAGITTAL_SLOPE`, and for a pedicle on ``side`` (+1 left, -1 right,
+    0 unknown) the transverse one at :data:`PEDICLE_MIN_DIVERGENCE_SLOPE` outward.
     """
     if sel.sum() < 10:
         return 0.0, 0.0
@@ -414,7 +422,10 @@ def _pedicle_axis(u: np.ndarray, v: np.ndarray, w: np.ndarray, sel: np.ndarray, 
     wt = n[good].astype(float)
     su = float(np.polyfit(cv, cu, 1, w=np.sqrt(wt))[0])
     sw = float(np.polyfit(cv, cw, 1, w=np.sqrt(wt))[0])
-    return float(np.clip(su, -PEDICLE_MAX_SLOPE[0], PEDICLE_MAX_SLOPE[0])), float(np.clip(sw, PEDICLE_MIN_SAGITTAL_SLOPE, PEDICLE_MAX_SLOPE[1]))
+    su = float(np.clip(su, -PEDICLE_MAX_SLOPE[0], PEDICLE_MAX_SLOPE[0]))
+    if side:
+        su = side * max(side * su, PEDICLE_MIN_DIVERGENCE_SLOPE)  # runs laterally going back
+    return su, float(np.clip(sw, PEDICLE_MIN_SAGITTAL_SLOPE, PEDICLE_MAX_SLOPE[1]))
 
 
 def _pedicle_roots(
@@ -456,7 +467,7 @@ def _pedicle_roots(
         if slab.sum() < 5:
             continue
         ax_sel = lateral & (behind > PEDICLE_AXIS_SLAB_MM[0]) & (behind <= PEDICLE_AXIS_SLAB_MM[1])
-        su, sw = _pedicle_axis(u, v, w, ax_sel, step)
+        su, sw = _pedicle_axis(u, v, w, ax_sel, step, side)
         v_ref = float(np.median(v[slab]))
         a_s, b_s = u[slab] - su * (v[slab] - v_ref), w[slab] - sw * (v[slab] - v_ref)
         cand = (side * ub >= MIDLINE_HALF_WIDTH_MM) & (vb > v_end - PEDICLE_MAX_RADIUS_MM)

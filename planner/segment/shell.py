@@ -32,7 +32,7 @@ surface about its centre, which bridges the holes:
 Used by :func:`planner.segment.bone.segment_bone` when the image noise
 (:func:`noise_sigma`) exceeds :data:`NOISY_CT_SIGMA_HU`, where the fits become the
 vertebral bodies; the phantoms (9-16 HU measured) never take this path.  On
-``lumbar-ct-L2-L4`` body Dice is 0.88 / 0.91 / 0.89 (L2-L4; 0.80 / 0.81 / 0.80 with the
+``lumbar-ct-L2-L4`` body Dice is 0.88 / 0.92 / 0.86 (L2-L4; 0.80 / 0.81 / 0.80 with the
 first crossing alone).
 """
 
