@@ -198,7 +198,8 @@ def main() -> int:
                 if cols is None:
                     cols = list(r)
                     print("preset".ljust(28), "condition".ljust(21), " ".join(c for c in cols))
-                vals = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()]
+                # Dice to 3 decimals: 0.945 must not print as the target's 0.95
+                vals = [(f"{v:.3f}" if k == "body_dice_min" else f"{v:.2f}") if isinstance(v, float) else str(v) for k, v in r.items()]
                 print(preset.ljust(28), cond.ljust(21), " ".join(v.rjust(len(c)) for v, c in zip(vals, cols)))
     if not args.skip_speed:
         speed(args.repeats)
