@@ -652,20 +652,16 @@ def _bodies_of_fits(fit_c: np.ndarray, bone_c: np.ndarray, sp_c: np.ndarray, met
     ids = [int(i) for i in np.unique(fit_c) if i > 0]
     if not ids:
         return fit_c.astype(np.int32), [], edt
-    vox = float(np.prod(sp_c))
     objs = ndi.find_objects(fit_c)
-    info = {}
-    for i, c in zip(ids, ndi.center_of_mass(np.ones(fit_c.shape), fit_c, ids)):
-        zs = objs[i - 1][2]
-        z = (zs.start * sp_c[2], zs.stop * sp_c[2])
-        info[i] = {"c": np.asarray(c) * sp_c, "z": z, "v": float((fit_c == i).sum()) * vox,
-                   "e": float(edt[fit_c == i].max())}
-    pos = {i: info[i]["c"] for i in ids}
-    vol = {i: info[i]["v"] for i in ids}
-    keep = _on_column(_unshadowed(ids, pos, {i: info[i]["z"] for i in ids}, vol), pos, vol)
+    n_vox = np.bincount(fit_c.ravel())
+    pos = {i: np.asarray(c) * sp_c for i, c in zip(ids, ndi.center_of_mass(fit_c > 0, fit_c, ids))}
+    zr = {i: (objs[i - 1][2].start * sp_c[2], objs[i - 1][2].stop * sp_c[2]) for i in ids}
+    vol = {i: float(n_vox[i]) * float(np.prod(sp_c)) for i in ids}
+    depth = dict(zip(ids, (float(x) for x in ndi.maximum(edt, fit_c, ids))))
+    keep = _on_column(_unshadowed(ids, pos, zr, vol), pos, vol)
     bodies = [
-        {"pieces": [i], "centroid": info[i]["c"], "zmin": info[i]["z"][0], "zmax": info[i]["z"][1],
-         "volume": info[i]["v"], "half_thickness": info[i]["e"], "core_z_mm": info[i]["z"]}
+        {"pieces": [i], "centroid": pos[i], "zmin": zr[i][0], "zmax": zr[i][1],
+         "volume": vol[i], "half_thickness": depth[i], "core_z_mm": zr[i]}
         for i in keep
     ]
     bodies.sort(key=lambda b: -b["centroid"][2])
