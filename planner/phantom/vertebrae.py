@@ -961,7 +961,7 @@ def build_bone(
             f"{lev}_body": subtract(P["body"], *c),
             f"{lev}_pedicle_left": subtract(P["pedicle_left"], *c),
             f"{lev}_pedicle_right": subtract(P["pedicle_right"], *c),
-            f"{lev}_posterior": subtract(P["posterior"], *c),
+            f"{lev}_posterior": subtract(P["posterior"], P["body"], *c),
         }
         hu = morph.CANCELLOUS_HU["osteoporotic" if pat.osteoporotic else "normal"]
         structures.append(
