@@ -451,6 +451,27 @@ def test_lateral_outline_of_a_body_between_sacral_alae():
     assert _ala_top(rows, c, 21.0, 1.0) is None
 
 
+def test_wall_shift_follows_a_posterior_wall_lower_down():
+    """S1 with its fused S2 segment: the wall of the lowest quarter lies 3 mm further back,
+    so the wall moves back there and not at the top; a step of 1 mm (noise) or of more than
+    WALL_PROFILE_MAX_BEHIND_MM (bone behind the canal) moves nothing."""
+    from planner.segment.levels import WALL_PROFILE_MAX_BEHIND_MM, _first_sparse, _wall_shift
+
+    g = np.mgrid[-10:11, -15:26, -30:15].reshape(3, -1).astype(float)
+    u, v, w = g
+    wall = _first_sparse(v[(v <= 12.0) & (np.abs(u) < 4.0)], 0.0, 1.0)  # as split_parts reads it
+    for step, expect in ((3.0, 3.0), (1.0, 0.0), (WALL_PROFILE_MAX_BEHIND_MM + 2.0, 0.0)):
+        sel = (v <= 12.0) | ((w < -15.0) & (v <= 12.0 + step))
+        sh = _wall_shift(u[sel], v[sel], w[sel], 14.0, 30.0, wall, 1.0)
+        ws = w[sel]
+        assert np.all(sh[ws >= 0.0] == 0.0)
+        np.testing.assert_allclose(sh[ws <= -23.0], expect, atol=1.0)
+        assert np.all((sh >= 0.0) & (sh <= max(expect, 0.0) + 1.0))
+    # a straight wall: no shift anywhere
+    sel = v <= 12.0
+    assert not _wall_shift(u[sel], v[sel], w[sel], 14.0, 30.0, wall, 1.0).any()
+
+
 def test_column_extent_looks_past_a_hole_in_the_cancellous_bone():
     from planner.segment.levels import _column_extent
 
