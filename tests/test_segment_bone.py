@@ -371,6 +371,40 @@ def test_surface_voxels_outside_the_bone_are_peeled():
     assert not surface_outside(bone, hu2, 180.0)[4, 6:14, 6:14].any()
 
 
+def _pv_slab(surface_mm: float, h: float, t: float, soft: float = 40.0, cortex: float = 1100.0, canc: float = 80.0):
+    """A slab of bone (x below ``surface_mm``) under the phantoms' partial-volume model:
+    voxels ``h`` mm along x, a cortex ``t`` mm thick over cancellous bone; values per x."""
+    x = h * np.arange(14)
+    d = x - surface_mm
+    f = np.clip(0.5 - d / h, 0.0, 1.0)
+    g = np.clip(0.5 - (d + t) / h, 0.0, 1.0)
+    vals = soft * (1 - f) + cortex * (f - g) + canc * g
+    return d, np.broadcast_to(vals[:, None, None], (14, 6, 6)).astype(np.float32)
+
+
+def test_surface_voxel_of_a_thin_cortex_is_judged_by_its_inner_neighbour():
+    """1.5 mm voxels, 0.9 mm cortex over osteoporotic cancellous bone: the surface voxel is
+    outside exactly when its centre lies outside the surface, where the half-contrast rule
+    alone keeps a bright surface voxel whose centre is 0.1 mm outside."""
+    from planner.segment.bone import CORTEX_THICKNESS_MM, surface_outside
+
+    h, thr = 1.5, 180.0
+    seen = set()
+    for surf in 1.5 * 8 + np.array([-0.3, -0.1, 0.1, 0.2, 0.4]):
+        d, hu = _pv_slab(surf, h, CORTEX_THICKNESS_MM)
+        rim = int(np.flatnonzero(hu[:, 0, 0] >= thr).max())
+        bone = np.zeros(hu.shape, bool)
+        bone[: rim + 1] = True  # filled: cortex and the cancellous bone it encloses
+        out = surface_outside(bone, hu, thr, np.array([h, h, h]))
+        assert out[rim].all() == (d[rim] > 0), (surf, d[rim])
+        assert not out[:rim].any()
+        seen.add(bool(d[rim] > 0))
+        if abs(d[rim] - 0.1) < 1e-6:
+            # without the voxel size only the half-contrast rule: it keeps this voxel
+            assert not surface_outside(bone, hu, thr)[rim].any()
+    assert seen == {True, False}
+
+
 def test_wall_profile_follows_concave_wall_and_skips_pedicles():
     from planner.segment.levels import _wall_profile
 
