@@ -509,8 +509,9 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float, spacing:
     (ni, nj, nk) bool ndarray
     """
     inner = erode_cross(bone, border_value=1)
-    rim = bone & ~inner
-    idx = np.flatnonzero(rim)
+    half = threshold + SURFACE_HALF_CONTRAST_ABOVE_CORTICAL_HU
+    # both rules judge only surface voxels darker than half the contrast
+    idx = np.flatnonzero(bone & ~inner & (hu < half))
     out = np.zeros(bone.shape, bool)
     if idx.size == 0:
         return out
@@ -532,8 +533,7 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float, spacing:
         val = np.where(ok & inf[fq], hf[fq], -np.inf)
         np.maximum(peak, val, out=peak)
     r = hf[idx]
-    half = threshold + SURFACE_HALF_CONTRAST_ABOVE_CORTICAL_HU
-    outside = (r < half) & (r < peak)
+    outside = r < peak
     # the profile never reaches half the contrast: a cortex thinner than the voxels; along
     # the axes with voxels longer than CORTEX_THICKNESS_MM the inner neighbour decides
     thin = np.maximum(r, peak) < half
