@@ -506,6 +506,31 @@ def test_wall_shift_follows_a_posterior_wall_lower_down():
     assert not _wall_shift(u[sel], v[sel], w[sel], 14.0, 30.0, wall, 1.0).any()
 
 
+def test_body_holes_fill_the_interior_not_the_surface():
+    """A body whose cancellous interior (below the threshold) is open to the canal through a
+    missing posterior wall: the interior becomes body; a 1-voxel concavity of the front
+    (between the end-plate rims) and the canal behind stay out."""
+    from planner.segment.levels import _body_holes
+
+    n = 31
+    g = np.indices((n, n, n)) - 15
+    u, v, w = (a.astype(float) for a in g)
+    full = (np.abs(u) <= 12) & (np.abs(v) <= 10) & (np.abs(w) <= 10)
+    hole = (np.abs(u) <= 5) & (v > -6) & (np.abs(w) <= 6)  # reaches the back at v = 10
+    notch = (np.abs(u) <= 6) & (v <= -9) & (np.abs(w) <= 4)  # 2 voxels deep
+    vert = full & ~hole & ~notch
+    ijk = np.nonzero(vert)
+    body = np.ones(ijk[0].size, bool)
+    env = (np.array([-20.0, 20.0]), np.array([10.5, 10.5]), 10.5, np.array([-20.0, 20.0]), np.array([12.5, 12.5]),
+           np.array([-20.0, 20.0]), np.array([12.5, 12.5]), 12.5, 12.5, 10.5, 10.5)
+    fr = {"centre_mm": np.zeros(3), "R": np.eye(3)}
+    got = _body_holes(~vert, ijk, body, u[vert], v[vert], w[vert], env, fr, np.full(3, -15), np.ones(3))
+    assert not (got & ~hole).any()  # nothing outside the hole: not the notch, not the canal
+    deep = hole & (v < 8) & (np.abs(u) <= 4) & (np.abs(w) <= 5) & (v > -5)
+    assert got[deep].all()
+    assert not got[hole & (v == 10)].any()  # the opening's own layer borders the outside
+
+
 def test_column_extent_looks_past_a_hole_in_the_cancellous_bone():
     from planner.segment.levels import _column_extent
 

@@ -639,6 +639,106 @@ def _first_gap(vals: np.ndarray, start: float, step: float = 1.0, stop: float = 
     return float(bins[empty[0]]) if empty.size else None
 
 
+#: Interior holes of a body (:func:`_body_holes`): voxels of no vertebra above this (HU; not
+#: fat or air) ... [U]
+HOLE_MIN_HU: float = -50.0
+
+#: ... at least this far (mm) inside the body's envelope (wall, lateral outline, end plates,
+#: front) ... [U]
+HOLE_ENVELOPE_DEPTH_MM: float = 0.5
+
+#: ... and at least this far (mm) from any voxel outside the body and its holes: more than one
+#: voxel at 1.5 mm, so the concave waist between two end-plate rims is never filled (with
+#: 0: soft tissue beside every midthoracic_costovertebral body at 1.0 mm, worst-level body
+#: Dice 0.961 -> 0.959). [U]
+HOLE_MIN_DEPTH_MM: float = 1.6
+
+
+def _body_holes(
+    free: np.ndarray,
+    ijk: tuple[np.ndarray, ...],
+    body: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    w: np.ndarray,
+    envelope: tuple,
+    fr: dict,
+    origin: np.ndarray,
+    sp: np.ndarray,
+) -> np.ndarray:
+    """Voxels of ``free`` (no vertebra, on a vertebra's box) inside the body's holes.
+
+    Osteoporotic cancellous bone (~60-100 HU) at 1.5 mm voxels lies below the cortical
+    threshold, and where the thin posterior wall is below it too the bone mask's fill leaves
+    the body's interior open to the canal (osteoporotic_no_hardware L3: 677 body voxels
+    missing, body Dice 0.920).  A free voxel is a hole of the body when it lies
+    :data:`HOLE_ENVELOPE_DEPTH_MM` inside the envelope of the split (in front of the
+    posterior wall, within the lateral outline and the end plates, behind the body's front),
+    has body voxels above and below it (same u, v column) and left and right of it (same v,
+    w row), and lies :data:`HOLE_MIN_DEPTH_MM` inside the body and its holes together.
+
+    Parameters
+    ----------
+    free : (bi, bj, bk) bool ndarray
+        Candidate voxels on the vertebra's box.
+    ijk, body, u, v, w
+        The vertebra's voxel indices on the box, its body mask and local coordinates (mm).
+    envelope : tuple
+        ``(cu, cwall, wall, cl, hl, cr, hr, hw_l, hw_r, up, dn)`` of :func:`split_parts`.
+    fr : dict
+        The vertebra's frame (``centre_mm``, ``R``).
+    origin : (3,) int
+        The box's first voxel on the work grid.
+    sp : (3,) float
+
+    Returns
+    -------
+    (bi, bj, bk) bool ndarray
+    """
+    out = np.zeros(free.shape, bool)
+    fijk = np.nonzero(free)
+    if fijk[0].size == 0 or not body.any():
+        return out
+    cu, cwall, wall, cl, hl, cr, hr, hw_l, hw_r, up, dn = envelope
+    loc = ((np.stack(fijk, 1) + origin) * sp - fr["centre_mm"]) @ fr["R"]
+    uf, vf, wf = loc[:, 0], loc[:, 1], loc[:, 2]
+    depth = np.minimum.reduce(
+        [
+            np.maximum(np.interp(uf, cu, cwall), wall) - vf,
+            np.minimum(hw_l, np.interp(vf, cl, hl)) - uf,
+            uf + np.minimum(hw_r, np.interp(vf, cr, hr)),
+            up - wf,
+            wf + dn,
+            vf - float(v[body].min()),
+        ]
+    )
+    take = depth >= HOLE_ENVELOPE_DEPTH_MM
+    step = float(np.max(sp))
+
+    def keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.round(a / step).astype(np.int64) * 100003 + np.round(b / step).astype(np.int64)
+
+    bu, bv, bw = u[body], v[body], w[body]
+    for (ba, bb, bc), (fa, fb, fc) in (((bu, bv, bw), (uf, vf, wf)), ((bv, bw, bu), (vf, wf, uf))):
+        uk, inv = np.unique(keys(ba, bb), return_inverse=True)
+        lo = np.full(uk.size, np.inf)
+        hi = np.full(uk.size, -np.inf)
+        np.minimum.at(lo, inv, bc)
+        np.maximum.at(hi, inv, bc)
+        fk = keys(fa, fb)
+        pos = np.clip(np.searchsorted(uk, fk), 0, uk.size - 1)
+        take &= (uk[pos] == fk) & (lo[pos] < fc) & (fc < hi[pos])
+    if not take.any():
+        return out
+    m = np.zeros(free.shape, bool)
+    m[tuple(a[body] for a in ijk)] = True
+    m[tuple(a[take] for a in fijk)] = True
+    inside = ndi.distance_transform_edt(np.pad(m, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    take &= inside[fijk] >= HOLE_MIN_DEPTH_MM
+    out[tuple(a[take] for a in fijk)] = True
+    return out
+
+
 def split_parts(
     vert: np.ndarray,
     body_seed: np.ndarray,
@@ -769,6 +869,12 @@ def split_parts(
         code[body] = PART_CODES["body"]
         blk = parts[ob]
         blk[ijk] = 16 * n + code
+        if body.any():
+            # cancellous bone below the threshold that the bone mask left open
+            free = (vert[ob] == 0) & ~metal[ob] & (hu[ob] > HOLE_MIN_HU)
+            envelope = (cu, cwall, wall, cl, hl, cr, hr, hw_l, hw_r, up, dn)
+            hole = _body_holes(free, ijk, body, u, v, w, envelope, fr, np.array([q.start for q in ob]), sp)
+            blk[hole] = 16 * n + PART_CODES["body"]
         parts[ob] = blk
         # measurements
         bu, bv, bw = u[body], v[body], w[body]
