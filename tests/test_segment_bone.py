@@ -306,6 +306,54 @@ def test_levels_with_anchor_robust(name, condition):
     assert float(np.median(list(dice.values()))) >= 0.90
 
 
+_DICE_15_MEASURED = {
+    "case_example": "worst level L4 (the 0.35 wedge) 0.938, MSD max 0.57 mm (S1)",
+    "midthoracic_costovertebral": "worst level 0.947, MSD max 0.31 mm",
+    "osteoporotic_no_hardware": "worst level 0.935 (L3), MSD max 0.59 mm",
+    "t11_l3_laminectomy": "worst level L1 (the 0.5 collapse) 0.946, MSD max 0.30 mm",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="target Dice >= 0.95 and MSD <= 0.5 mm at 1.5 mm; measured " + r))
+        for n, r in _DICE_15_MEASURED.items()
+    ],
+)
+def test_body_dice_target_at_1_5mm(name):
+    """The acceptance's body Dice / surface distance at 1.5 mm voxels (surfaces one voxel
+    off: a 1 mm cortex never fills a 1.5 mm voxel)."""
+    from planner.segment.evaluate import dice, surface_distances
+
+    case = _case_in(name, "1.5mm")
+    res = _run_in(name, "1.5mm")
+    sp = case.image.spacing
+    for lv in case.scene.vertebrae:
+        g = case.labels.array == label_id(f"{lv}_body")
+        s = res.labels == label_id(f"{lv}_body")
+        assert dice(g, s) >= 0.95, lv
+        assert surface_distances(g, s, sp)[0] <= 0.5, lv
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "case_example",
+        "t11_l3_laminectomy",
+        pytest.param(
+            "midthoracic_costovertebral",
+            marks=pytest.mark.xfail(strict=True, reason="T6 wedge (0.25 true) reads 0.13 height loss at 1.5 mm; neighbours scatter by ~1 mm"),
+        ),
+        "osteoporotic_no_hardware",
+    ],
+)
+def test_fractures_at_1_5mm(name):
+    case = _case_in(name, "1.5mm")
+    res = _run_in(name, "1.5mm")
+    assert {f["level"] for f in res.fractures} == {f["level"] for f in case.scene.findings["fractures"]}
+
+
 @pytest.mark.slow  # its own streak case: ~65 s
 def test_resections_with_streaks_midthoracic():
     case = _case_in("midthoracic_costovertebral", "streaks")
