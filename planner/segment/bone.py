@@ -489,7 +489,8 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float, spacing:
     the shell, and the surface, lie further in.  The fraction is read as
     ``(inner - K) / (CORTEX_HU - K)``, ``K`` the voxel two further in (cancellous bone); the
     voxel is outside when the mean over those axes exceeds ``phi``.  Measured at 1.5 mm
-    (worst-level body Dice, half contrast alone -> with the thin-cortex rule):
+    (:func:`segment_bone`, worst-level body Dice, half contrast alone -> with the
+    thin-cortex rule):
     case_example 0.923 -> 0.934, midthoracic_costovertebral 0.952 -> 0.953,
     osteoporotic_no_hardware 0.896 -> 0.920, t11_l3_laminectomy 0.945 -> 0.946.
 
@@ -535,7 +536,8 @@ def surface_outside(bone: np.ndarray, hu: np.ndarray, threshold: float, spacing:
     r = hf[idx]
     outside = r < peak
     # the profile never reaches half the contrast: a cortex thinner than the voxels; along
-    # the axes with voxels longer than CORTEX_THICKNESS_MM the inner neighbour decides
+    # the axes with voxels longer than the cortex (and THIN_CORTEX_MIN_SPACING_MM) the
+    # inner neighbour decides
     thin = np.maximum(r, peak) < half
     sp = np.zeros(3) if spacing is None else np.asarray(spacing, float)
     score = np.zeros(idx.size)

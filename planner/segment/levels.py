@@ -696,8 +696,14 @@ def _body_holes(
     (bi, bj, bk) bool ndarray
     """
     out = np.zeros(free.shape, bool)
-    fijk = np.nonzero(free)
-    if fijk[0].size == 0 or not body.any():
+    if not body.any():
+        return out
+    # holes lie between body voxels: only the body's own box holds candidates
+    bi = tuple(a[body] for a in ijk)
+    blo = np.array([int(a.min()) for a in bi])
+    box = tuple(slice(lo_, int(a.max()) + 1) for lo_, a in zip(blo, bi))
+    fijk = tuple(a + lo_ for a, lo_ in zip(np.nonzero(free[box]), blo))
+    if fijk[0].size == 0:
         return out
     cu, cwall, wall, cl, hl, cr, hr, hw_l, hw_r, up, dn = envelope
     loc = ((np.stack(fijk, 1) + origin) * sp - fr["centre_mm"]) @ fr["R"]
@@ -731,10 +737,10 @@ def _body_holes(
     if not take.any():
         return out
     m = np.zeros(free.shape, bool)
-    m[tuple(a[body] for a in ijk)] = True
+    m[bi] = True
     m[tuple(a[take] for a in fijk)] = True
-    inside = ndi.distance_transform_edt(np.pad(m, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
-    take &= inside[fijk] >= HOLE_MIN_DEPTH_MM
+    inside = ndi.distance_transform_edt(np.pad(m[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    take &= inside[tuple(a - lo_ for a, lo_ in zip(fijk, blo))] >= HOLE_MIN_DEPTH_MM
     out[tuple(a[take] for a in fijk)] = True
     return out
 
